@@ -1,0 +1,265 @@
+"""SIGNS data: the original HDF5 files or folders of images, and the one preprocessing path.
+
+Every image the model sees, in training, evaluation, prediction and the API, goes through
+`load_rgb` (decode, orient, convert, frame, resize to uint8) and `scale` (uint8 -> float in [0, 1],
+the original's /255). `prepare_image` is the two together for a single image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SIZE = 64
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Refuse images over this many pixels before decoding them (a decompression bomb otherwise).
+MAX_PIXELS = 50_000_000
+PREPROCESSING = {
+    "resize": "pad to square with the median border colour, then Lanczos to the input size",
+    "scale": "x / 255",
+    "layout": "NCHW float32 RGB",
+}
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # uint8, N x 3 x H x W
+    labels: torch.Tensor  # int64, N
+    classes: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | slice) -> Dataset:
+        return Dataset(self.images[index], self.labels[index], self.classes, self.source)
+
+
+@dataclass
+class Splits:
+    train: Dataset | None
+    val: Dataset | None
+    test: Dataset | None
+
+
+def default_data_path() -> Path:
+    """`SIGNS_DATA`, else the development copy in ../shared/data/signs beside the project root."""
+    if os.environ.get("SIGNS_DATA"):
+        return Path(os.environ["SIGNS_DATA"])
+    project_root = Path(__file__).resolve().parents[2]
+    return project_root.parent / "shared" / "data" / "signs"
+
+
+# --- preprocessing ----------------------------------------------------------------------------
+
+
+def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image without decoding it; refuse non-images and images over `max_pixels`."""
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: no such file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(f"{name}: not a readable image ({error})") from None
+    except OSError as error:
+        raise ValueError(f"{name}: cannot read image ({error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(f"{name}: image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white like the SIGNS background."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        top = 1.0 if image.mode == "F" and values.max(initial=0) <= 1 else (255.0 if values.max(initial=0) <= 255 else 65535.0)
+        image = Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def _pad_to_square(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    if width == height:
+        return image
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    colour = tuple(int(c) for c in np.median(border, axis=0))
+    side = max(width, height)
+    return ImageOps.pad(image, (side, side), color=colour, centering=(0.5, 0.5))
+
+
+def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+             max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode, apply EXIF orientation, convert to RGB, pad to square, resize: uint8 size x size x 3."""
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
+    try:
+        if image.format == "JPEG":
+            image.draft("RGB", (size * 4, size * 4))  # decode big JPEGs at a reduced scale: much faster
+        image = ImageOps.exif_transpose(image)
+        image = _pad_to_square(_to_rgb(image))
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        return np.array(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{name}: cannot decode image ({error})") from None
+
+
+def scale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N x 3 x H x W or N x H x W x 3 numpy-style) to float32 N x 3 x H x W in [0, 1]."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}")
+    return images.float().div_(255)
+
+
+def prepare_image(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+                  max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """One image, any format or mode, to the model's input: float32 3 x size x size in [0, 1]."""
+    return scale(torch.from_numpy(load_rgb(source, size, max_pixels)).permute(2, 0, 1).unsqueeze(0))[0]
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_hdf5(path: str | Path) -> Dataset:
+    """One split of the original HDF5 format: `*_set_x` (N,H,W,3) uint8, `*_set_y` (N,), `list_classes`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            keys = sorted(f.keys())
+            x_keys = [k for k in keys if k.endswith("_set_x")]
+            y_keys = [k for k in keys if k.endswith("_set_y")]
+            if len(x_keys) != 1 or len(y_keys) != 1 or "list_classes" not in keys:
+                raise ValueError(f"{path}: needs one '*_set_x', one '*_set_y' and 'list_classes'; found: {keys}")
+            x, y, class_values = f[x_keys[0]][()], f[y_keys[0]][()], f["list_classes"][()]
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from None
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"{path}: '{x_keys[0]}' has shape {x.shape}, expected (N, H, W, 3)")
+    y = np.asarray(y).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"{path}: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise ValueError(f"{path}: holds no images")
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in np.asarray(class_values).reshape(-1)]
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(classes):
+        raise ValueError(f"{path}: labels must be integers in 0..{len(classes) - 1} (list_classes has {len(classes)})")
+    images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
+    return Dataset(images, torch.from_numpy(y.astype(np.int64)), classes, str(path))
+
+
+def _label_of(file: Path, folder: Path) -> str:
+    if file.parent != folder:  # class subfolder: 0/, 1/, ...
+        return file.parent.name
+    return file.name.split("_", 1)[0] if "_" in file.name else file.name[0]
+
+
+def _sorted_classes(labels: set[str]) -> list[str]:
+    return sorted(labels, key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c))
+
+
+def load_image_folder(folders: str | Path | list[str | Path], classes: list[str] | None = None,
+                      size: int = IMAGE_SIZE) -> Dataset:
+    """Images labelled by class subfolder (`3/x.jpg`) or file-name prefix (`3_IMG_5864.jpg`)."""
+    folders = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
+    files: list[tuple[Path, Path]] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder")
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise ValueError(f"{folder}: holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += [(folder, p) for p in found]
+    labels = [_label_of(file, folder) for folder, file in files]
+    classes = classes or _sorted_classes(set(labels))
+    index = {name: i for i, name in enumerate(classes)}
+    for (_, file), label in zip(files, labels):
+        if label not in index:
+            raise ValueError(f"{file}: label '{label}' is not one of the classes {classes}")
+    images = np.stack([load_rgb(file, size) for _, file in files])
+    return Dataset(
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.tensor([index[label] for label in labels], dtype=torch.int64),
+        classes,
+        ", ".join(str(f) for f in folders),
+    )
+
+
+def load_dataset(path: str | Path, classes: list[str] | None = None) -> Dataset:
+    """A single split: an HDF5 file or a folder of images."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_file():
+        dataset = load_hdf5(path)
+        if classes and dataset.classes != classes:
+            raise ValueError(f"{path}: classes {dataset.classes} differ from the model's {classes}")
+        return dataset
+    return load_image_folder(path, classes)
+
+
+def _first_existing(*paths: Path) -> Path | None:
+    return next((p for p in paths if p.exists()), None)
+
+
+def load_splits(path: str | Path | None = None, hold_out_validation: bool = False,
+                classes: list[str] | None = None) -> Splits:
+    """Train/validation/test splits from any supported layout.
+
+    A folder may hold the original pair `train_signs.h5`/`test_signs.h5`, or the JPEG layout
+    (`train_signs/`, `val_signs/`, `test_signs/`, also under `64x64_SIGNS/`), or both: the official
+    test split is `test_signs.h5` when it exists. Training uses train + val unless
+    `hold_out_validation`, which keeps `val_signs/` (or a seeded fifth of train_signs.h5) apart.
+    A single HDF5 file or a plain folder of images is one split, used for training and testing.
+    """
+    path = Path(path) if path else default_data_path()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder (set --data or SIGNS_DATA)")
+    if path.is_file():
+        dataset = load_dataset(path, classes)
+        return Splits(dataset, None, dataset)
+    jpeg_root = path / "64x64_SIGNS" if (path / "64x64_SIGNS").is_dir() else path
+    train_h5 = _first_existing(path / "train_signs.h5")
+    train_dir, val_dir = jpeg_root / "train_signs", jpeg_root / "val_signs"
+    test = _first_existing(path / "test_signs.h5", jpeg_root / "test_signs")
+    if not (train_h5 or train_dir.is_dir() or test):
+        dataset = load_image_folder(path, classes)
+        return Splits(dataset, None, dataset)
+    test_set = load_dataset(test, classes) if test else None
+    classes = classes or (test_set.classes if test_set else None)
+    train = val = None
+    if train_h5:
+        train = load_dataset(train_h5, classes)
+        if hold_out_validation:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+            cut = len(train) // 5
+            train, val = train.subset(order[cut:]), train.subset(order[:cut])
+    elif train_dir.is_dir():
+        if hold_out_validation and val_dir.is_dir():
+            train = load_image_folder(train_dir, classes)
+            val = load_image_folder(val_dir, train.classes)
+        else:
+            train = load_image_folder([d for d in (train_dir, val_dir) if d.is_dir()], classes)
+    return Splits(train, val, test_set)

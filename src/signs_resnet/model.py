@@ -1,0 +1,118 @@
+"""The original SIGNS ResNet50, reading like the architecture table of the original design."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Keras BatchNormalization defaults, kept so weights trained with the original code import exactly.
+BN_EPSILON = 1e-3
+
+# One row per stage 2..5: (filters of the three convolutions, identity blocks, stride of the first block).
+STAGES = [
+    ((64, 64, 256), 2, 1),
+    ((128, 128, 512), 3, 2),
+    ((256, 256, 1024), 5, 2),
+    ((512, 512, 2048), 2, 2),
+]
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    """Convolution ("valid" for 1x1, "same" for f x f at stride 1) followed by batch norm.
+
+    The convolution has no bias: batch norm subtracts the mean right after it, so a bias would
+    change nothing (a Keras bias is folded into the batch-norm mean on import).
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels, eps=BN_EPSILON),
+    )
+
+
+class Bottleneck(nn.Module):
+    """conv 1x1/s -> BN -> ReLU -> conv fxf -> BN -> ReLU -> conv 1x1 -> BN, plus shortcut, then ReLU."""
+
+    def __init__(self, in_channels: int, f: int, filters: tuple[int, int, int], stride: int, shortcut: nn.Module):
+        super().__init__()
+        f1, f2, f3 = filters
+        # The stride sits on the first 1x1 convolution, as in the original (not on the fxf as in "ResNet v1.5").
+        self.branch2a = conv_bn(in_channels, f1, 1, stride)
+        self.branch2b = conv_bn(f1, f2, f)
+        self.branch2c = conv_bn(f2, f3, 1)
+        self.branch1 = shortcut
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.branch2a(x))
+        y = self.relu(self.branch2b(y))
+        y = self.branch2c(y)
+        return self.relu(y + self.branch1(x))
+
+
+def identity_block(in_channels: int, f: int, filters: tuple[int, int, int]) -> Bottleneck:
+    """The identity block: input and output have the same shape (in_channels == filters[2])."""
+    if in_channels != filters[2]:
+        raise ValueError(f"identity_block needs in_channels == filters[2], got {in_channels} and {filters[2]}")
+    return Bottleneck(in_channels, f, filters, stride=1, shortcut=nn.Identity())
+
+
+def convolutional_block(in_channels: int, f: int, filters: tuple[int, int, int], s: int = 2) -> Bottleneck:
+    """The convolutional block: stride s on the first 1x1 convolution and a 1x1/s conv + BN shortcut."""
+    return Bottleneck(in_channels, f, filters, stride=s, shortcut=conv_bn(in_channels, filters[2], 1, s))
+
+
+class ResNet50Model(nn.Module):
+    def __init__(self, input_shape: tuple[int, int, int] = (64, 64, 3), classes: int = 6):
+        super().__init__()
+        height, width, channels = input_shape
+        self.input_shape = tuple(input_shape)
+        self.num_classes = classes
+        self.stage1 = nn.Sequential(
+            nn.ZeroPad2d(3),
+            nn.Conv2d(channels, 64, 7, stride=2, bias=False),
+            nn.BatchNorm2d(64, eps=BN_EPSILON),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2),
+        )
+        stages, in_channels = [], 64
+        for filters, identity_blocks, stride in STAGES:
+            blocks = [convolutional_block(in_channels, 3, filters, s=stride)]
+            blocks += [identity_block(filters[2], 3, filters) for _ in range(identity_blocks)]
+            stages.append(nn.Sequential(*blocks))
+            in_channels = filters[2]
+        self.stage2, self.stage3, self.stage4, self.stage5 = stages
+        self.pool = nn.AvgPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(in_channels * self._pooled_area(height, width), classes)
+
+    @staticmethod
+    def _pooled_area(height: int, width: int) -> int:
+        def side(n: int) -> int:
+            n = (n + 6 - 7) // 2 + 1  # zero-pad 3, conv 7x7/2
+            n = (n - 3) // 2 + 1  # max-pool 3x3/2
+            for _, _, stride in STAGES:
+                n = (n - 1) // stride + 1  # 1x1 convolution at stride s
+            n //= 2  # average pool 2x2
+            if n < 1:
+                raise ValueError(f"input size {height}x{width} is too small for ResNet50 (at least 32x32)")
+            return n
+
+        return side(height) * side(width)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of stages 1..5, for inspection and tests."""
+        outputs = []
+        for stage in (self.stage1, self.stage2, self.stage3, self.stage4, self.stage5):
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage1(x)
+        x = self.stage5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def ResNet50(input_shape: tuple[int, int, int] = (64, 64, 3), classes: int = 6) -> ResNet50Model:
+    """The original ResNet50: takes N x C x H x W floats scaled to [0, 1], returns N x classes logits."""
+    return ResNet50Model(input_shape, classes)

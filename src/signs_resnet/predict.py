@@ -1,0 +1,63 @@
+"""The trained model as a file, and prediction: save_model, load_model, predict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import artifact
+from .model import ResNet50, ResNet50Model
+
+KIND = "model"
+
+
+@dataclass
+class LoadedModel:
+    network: ResNet50Model
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    metadata: dict[str, Any]
+    checksum: str
+    path: str
+
+    @property
+    def image_size(self) -> int:
+        return self.input_shape[0]
+
+
+def save_model(path: str | Path, model: ResNet50Model, metadata: dict[str, Any]) -> str:
+    """Write the model artifact: weights in safetensors, metadata and checksum in its header."""
+    return artifact.save(path, KIND, {"weights": model.state_dict()}, metadata)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Read and verify a model artifact and rebuild the network in inference mode."""
+    state, metadata, checksum = artifact.load(path, KIND)
+    try:
+        classes = [str(c) for c in metadata["classes"]]
+        input_shape = tuple(int(v) for v in metadata["input_shape"])
+        network = ResNet50(input_shape, len(classes))
+        network.load_state_dict(state["weights"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path}: model file does not describe a SIGNS ResNet50 ({error})") from None
+    network = network.to(device, memory_format=torch.channels_last).eval()
+    return LoadedModel(network, classes, input_shape, metadata, checksum, str(path))
+
+
+@torch.inference_mode()
+def predict(model: LoadedModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities (N x classes, float32) for float images N x 3 x H x W scaled to [0, 1]."""
+    expected = (3, model.input_shape[0], model.input_shape[1])
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"expected images of shape N x {expected[0]} x {expected[1]} x {expected[2]}, "
+                         f"got {tuple(images.shape)}")
+    device = next(model.network.parameters()).device
+    temperature = float(model.metadata.get("temperature", 1.0))
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        outputs.append(torch.softmax(model.network(batch).float() / temperature, dim=1).cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, len(model.classes))

@@ -1,0 +1,233 @@
+"""The training recipe: fit(config) trains ResNet50 on SIGNS and writes the model artifact.
+
+The whole dataset lives in memory as one uint8 tensor (on the GPU when there is one); batches are
+indexed, scaled and augmented as tensors, so there is no per-image Python in the loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import artifact, data
+from .augment import augment
+from .evaluate import evaluate, plot_confusion, plot_curves
+from .model import ResNet50
+from .predict import save_model
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.csv"
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    out: str = "runs/default"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    hold_out_validation: bool = False
+    precision: str = "bf16"  # "bf16" (autocast) or "fp32"
+    progress: bool = True
+    resume: bool = False
+
+
+def choose_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 batch on the device -> float model input in channels-last memory layout."""
+    return data.scale(images).contiguous(memory_format=torch.channels_last)
+
+
+def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, generator: torch.Generator,
+                    first_step: int, total_steps: int, device: torch.device) -> dict[str, float]:
+    model.train()
+    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    order = torch.randperm(len(labels), generator=generator).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    batches = tqdm(range(steps_per_epoch), disable=not config.progress, leave=False, unit="batch")
+    for i in batches:
+        index = order[i * config.batch_size:(i + 1) * config.batch_size]
+        x, y = to_input(images[index]), labels[index]
+        if config.augment:
+            x = augment(x, generator)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(first_step + i, total_steps, config, steps_per_epoch)
+        with autocast(device, config.precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    return {"loss": loss_sum.item() / len(labels), "accuracy": correct.item() / len(labels)}
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, images: torch.Tensor, batch_size: int,
+                           device: torch.device, precision: str) -> None:
+    """Re-estimate every batch norm's running statistics as exact averages over the training images.
+
+    The running averages collected during training lag behind the weights (the original Keras
+    recipe's momentum 0.99 left them so wrong that inference-mode accuracy fell to 45%).
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for start in range(0, len(images), batch_size):
+        with autocast(device, precision):
+            model(to_input(images[start:start + batch_size]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def _checkpoint_state(model, optimizer, generator, epoch, history) -> dict[str, Any]:
+    return artifact.snapshot({
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "epoch": epoch,
+        "history": history,
+    })
+
+
+def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    artifact.atomic_write(path, buffer.getvalue().encode())
+
+
+def fit(config: TrainConfig) -> dict[str, Any]:
+    """Train with `config`, write the model, metrics and plots into config.out; return the summary."""
+    started = time.perf_counter()
+    out = Path(config.out)
+    device = choose_device()
+    splits = data.load_splits(config.data, config.hold_out_validation)
+    if splits.train is None:
+        raise ValueError(f"{config.data or data.default_data_path()}: holds no training split")
+    train_set = splits.train
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    input_shape = (*train_set.images.shape[2:], 3)
+    model = ResNet50(input_shape, len(train_set.classes)).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=True)
+    history: list[dict[str, float]] = []
+    first_epoch = 0
+    checkpoint_path = out / CHECKPOINT_FILE
+    if config.resume and checkpoint_path.exists():
+        state, saved_config, _ = artifact.load(checkpoint_path, "checkpoint")
+        _check_resumable(saved_config, config, checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(_int_keys(state["optimizer"]))
+        generator.set_state(state["generator"])
+        first_epoch, history = state["epoch"], state["history"]
+        log.info("resuming from %s after epoch %d", checkpoint_path, first_epoch)
+    images, labels = train_set.images.to(device), train_set.labels.to(device)
+    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    writer = ThreadPoolExecutor(max_workers=1)  # checkpoints are written while the next epoch trains
+    pending: Future | None = None
+    for epoch in range(first_epoch, config.epochs):
+        epoch_started = time.perf_counter()
+        metrics = train_one_epoch(model, optimizer, images, labels, config, generator,
+                                  epoch * steps_per_epoch, config.epochs * steps_per_epoch, device)
+        row = {"epoch": epoch + 1, "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
+        if splits.val is not None:
+            val = evaluate(model, splits.val, device=device)
+            row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        row["seconds"] = time.perf_counter() - epoch_started
+        history.append(row)
+        log.info("epoch %d/%d %s", epoch + 1, config.epochs,
+                 " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        if pending:
+            pending.result()
+        state = _checkpoint_state(model, optimizer, generator, epoch + 1, history)
+        pending = writer.submit(_save_checkpoint, out, state, config, history)
+    if pending:
+        pending.result()
+    writer.shutdown()
+
+    recalibrate_batch_norm(model, images, 128, device, config.precision)
+    summary: dict[str, Any] = {"train_seconds": time.perf_counter() - started}
+    if splits.val is not None:
+        summary["val"] = evaluate(model, splits.val, device=device)
+    if splits.test is not None:
+        summary["test"] = evaluate(model, splits.test, device=device)
+    metadata = {
+        "classes": train_set.classes,
+        "input_shape": list(input_shape),
+        "preprocessing": data.PREPROCESSING,
+        "training": dataclasses.asdict(config) | {"device": device.type, "train_size": len(train_set)},
+        "metrics": {k: _scalar_metrics(v) if isinstance(v, dict) else v for k, v in summary.items()},
+        "history": history,
+    }
+    summary["model"] = str(out / MODEL_FILE)
+    summary["checksum"] = save_model(out / MODEL_FILE, model, metadata)
+    plot_curves(history, out / "curves.png")
+    if splits.test is not None:
+        plot_confusion(summary["test"], out / "confusion.png")
+    return summary
+
+
+def _save_checkpoint(out: Path, state: dict[str, Any], config: TrainConfig, history: list[dict]) -> None:
+    artifact.save(out / CHECKPOINT_FILE, "checkpoint", state, dataclasses.asdict(config))
+    _write_metrics(out / METRICS_FILE, history)
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k in ("accuracy", "loss", "ece", "n")}
+
+
+def _int_keys(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    return optimizer_state | {"state": {int(k): v for k, v in optimizer_state["state"].items()}}
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    ignored = {"progress", "resume", "out"}
+    different = [k for k, v in dataclasses.asdict(config).items() if k not in ignored and saved.get(k) != v]
+    if different:
+        raise ValueError(f"{path}: was written with different settings ({', '.join(different)}); "
+                         "resume with the same options or use another --out")
