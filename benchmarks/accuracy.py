@@ -1,0 +1,113 @@
+"""Accuracy of the default recipe over several seeds, and robustness on photos it never saw.
+
+    python benchmarks/accuracy.py [--seeds 0 1 2] [--data PATH] [--epochs N]
+
+For each seed: trains `signs train` defaults, then reports test accuracy on the original
+test_signs.h5, the per-class errors, the expected calibration error, the training wall time, and
+the accuracy on the test photos transformed the way phone photos differ from SIGNS (rescaled,
+rotated, recoloured, re-framed to other aspect ratios, JPEG-recompressed, on other backgrounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from signs_resnet import data, load_model, predict  # noqa: E402
+from signs_resnet.train import TrainConfig, fit  # noqa: E402
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _reframe(image: Image.Image, width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """Place the photo off-centre on a larger canvas of another aspect ratio, filled like a wall."""
+    base = image.resize((image.width * 4, image.height * 4), Image.Resampling.BICUBIC)
+    colour = tuple(int(c) for c in np.asarray(base)[:4].reshape(-1, 3).mean(0) * rng.uniform(0.8, 1.05))
+    canvas = Image.new("RGB", (width, height), colour)
+    x = int(rng.uniform(0, width - base.width)) if width > base.width else (width - base.width) // 2
+    y = int(rng.uniform(0, height - base.height)) if height > base.height else (height - base.height) // 2
+    canvas.paste(base, (x, y))
+    return canvas
+
+
+TRANSFORMS = {
+    "original": lambda im, rng: im,
+    "upscaled 1080x1440 portrait": lambda im, rng: _jpeg(_reframe(im, 270, 360, rng).resize((1080, 1440)), 90),
+    "landscape 640x480": lambda im, rng: _reframe(im, 320, 256, rng).resize((640, 480)),
+    "rotated +-20": lambda im, rng: im.rotate(rng.uniform(-20, 20), Image.Resampling.BICUBIC, fillcolor=im.getpixel((0, 0))),
+    "darker + warm": lambda im, rng: Image.merge("RGB", [c.point(lambda v, f=f: v * f) for c, f in
+                                                          zip(ImageEnhance.Brightness(im).enhance(0.6).split(), (1.1, 0.95, 0.8))]),
+    "brighter, low contrast": lambda im, rng: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.3)).enhance(0.6),
+    "grayscale": lambda im, rng: ImageOps.grayscale(im),
+    "jpeg quality 20": lambda im, rng: _jpeg(im, 20),
+    "mirrored": lambda im, rng: ImageOps.mirror(im),
+    "zoomed in 15%": lambda im, rng: im.crop((5, 5, 59, 59)),
+}
+
+
+def robustness(model, test: data.Dataset) -> dict[str, float]:
+    results = {}
+    for name, transform in TRANSFORMS.items():
+        rng = np.random.default_rng(0)
+        images = [transform(Image.fromarray(x.permute(1, 2, 0).numpy()), rng) for x in test.images]
+        batch = torch.stack([data.prepare_image(image) for image in images])
+        predicted = predict(model, batch).argmax(1)
+        results[name] = (predicted == test.labels).float().mean().item()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    args = parser.parse_args()
+    rows, robust = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            config = TrainConfig(data=args.data, out=f"{tmp}/seed{seed}", seed=seed, progress=False)
+            if args.epochs:
+                config.epochs = args.epochs
+            started = time.perf_counter()
+            summary = fit(config)
+            seconds = time.perf_counter() - started
+            test = summary["test"]
+            model = load_model(summary["model"])
+            robust[seed] = robustness(model, data.load_splits(args.data).test)
+            errors = {}
+            for error in test["errors"]:
+                errors[error["label"]] = errors.get(error["label"], 0) + 1
+            rows.append((seed, test["accuracy"], errors, test["ece"], seconds, summary.get("temperature", 1.0)))
+            print(f"seed {seed}: test accuracy {test['accuracy']:.4f} in {seconds:.1f} s", flush=True)
+
+    print("\n| seed | test accuracy | errors by true class | ECE | train time (s) |")
+    print("| ---: | ---: | :--- | ---: | ---: |")
+    for seed, accuracy, errors, ece, seconds, _ in rows:
+        by_class = ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "none"
+        print(f"| {seed} | {accuracy:.2%} | {by_class} | {ece:.3f} | {seconds:.1f} |")
+    accuracies = [row[1] for row in rows]
+    print(f"\nmedian test accuracy {statistics.median(accuracies):.2%}, min {min(accuracies):.2%}, "
+          f"median train time {statistics.median(row[4] for row in rows):.1f} s")
+
+    print("\n| transformed test photos | " + " | ".join(f"seed {s}" for s in robust) + " |")
+    print("| :--- |" + " ---: |" * len(robust))
+    for name in TRANSFORMS:
+        print(f"| {name} | " + " | ".join(f"{robust[s][name]:.1%}" for s in robust) + " |")
+
+
+if __name__ == "__main__":
+    main()
