@@ -36,11 +36,11 @@ def test_export_writes_one_complete_onnx_file_with_metadata(exported, model_file
     assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
 
 
-def test_onnx_runtime_matches_pytorch(exported, model_file, sample_path, signs_jpegs):
+def test_onnx_runtime_matches_pytorch(exported, model_file, sample_jpg, signs_jpegs):
     """Probabilities agree within PARITY_TOLERANCE on real photos and on random inputs, at several batch sizes."""
     model = load_model(model_file)
     session = onnx_session(exported)
-    photos = torch.stack([data.prepare_image(p) for p in [sample_path, *signs_jpegs]])
+    photos = torch.stack([data.prepare_image(p) for p in [sample_jpg, *signs_jpegs]])
     noise = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     for images in (photos, noise, photos[:1]):
         expected = predict(model, images)

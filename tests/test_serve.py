@@ -56,8 +56,8 @@ def local_probabilities(local_model, image_bytes: bytes) -> torch.Tensor:
 # --- the original call ---------------------------------------------------------------------------
 
 
-def test_predict_sample_like_the_original_curl_call(client, sample_path, model_file):
-    response = post_images(client, ("sample.jpg", sample_path.read_bytes()))
+def test_predict_sample_like_the_original_curl_call(client, sample_jpg, model_file):
+    response = post_images(client, ("sample.jpg", sample_jpg.read_bytes()))
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["success"] is True
@@ -75,9 +75,9 @@ def test_predict_sample_like_the_original_curl_call(client, sample_path, model_f
     assert "image" not in body["results"][0]
 
 
-def test_api_preprocessing_is_training_preprocessing(client, sample_path, local_model):
+def test_api_preprocessing_is_training_preprocessing(client, sample_jpg, local_model):
     """The same bytes give the same 64x64 input and the same probabilities as data.prepare_image + predict."""
-    blob = sample_path.read_bytes()
+    blob = sample_jpg.read_bytes()
     body = post_images(client, ("sample.jpg", blob), params={"include_image": "true"}).json()
     url = body["results"][0]["image"]
     assert url.startswith("data:image/png;base64,")
@@ -90,8 +90,8 @@ def test_api_preprocessing_is_training_preprocessing(client, sample_path, local_
         assert actual[label] == pytest.approx(probability, abs=PROBABILITY_TOLERANCE)
 
 
-def test_several_images_in_one_request(client, sample_path, signs_jpegs, local_model):
-    files = [("sample.jpg", sample_path.read_bytes())] + [(p.name, p.read_bytes()) for p in signs_jpegs[:3]]
+def test_several_images_in_one_request(client, sample_jpg, signs_jpegs, local_model):
+    files = [("sample.jpg", sample_jpg.read_bytes())] + [(p.name, p.read_bytes()) for p in signs_jpegs[:3]]
     response = post_images(client, *files)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -148,8 +148,8 @@ def bad_requests(sample: bytes) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("case", list(bad_requests(b"")))
-def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(client, sample_path, case):
-    method, path, options, status, code = bad_requests(sample_path.read_bytes())[case]
+def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(client, sample_jpg, case):
+    method, path, options, status, code = bad_requests(sample_jpg.read_bytes())[case]
     response = client.request(method, path, **options)
     assert response.status_code == status, response.text
     body = response.json()
@@ -159,17 +159,17 @@ def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(client, samp
     if status == 405:
         assert "POST" in response.headers["allow"]
     with httpx.Client(base_url=str(client.base_url), timeout=30) as fresh:  # the server still answers
-        assert post_images(fresh, ("sample.jpg", sample_path.read_bytes())).status_code == 200
+        assert post_images(fresh, ("sample.jpg", sample_jpg.read_bytes())).status_code == 200
 
 
-def test_one_bad_image_fails_the_request_and_names_it(client, sample_path):
-    response = post_images(client, ("good.jpg", sample_path.read_bytes()), ("bad.jpg", b"not an image"))
+def test_one_bad_image_fails_the_request_and_names_it(client, sample_jpg):
+    response = post_images(client, ("good.jpg", sample_jpg.read_bytes()), ("bad.jpg", b"not an image"))
     assert response.status_code == 400
     assert "image 2 (bad.jpg)" in response.json()["error"]["message"]
 
 
-def test_too_many_images(client, sample_path):
-    blob = sample_path.read_bytes()[:100]
+def test_too_many_images(client, sample_jpg):
+    blob = sample_jpg.read_bytes()[:100]
     response = post_images(client, *[("a.jpg", blob)] * (ServeSettings().max_images + 1))
     assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"
 
@@ -184,8 +184,8 @@ def test_readyz_answers_503_until_warmed_up_then_200(server, client, model_file)
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_metrics(client, sample_path):
-    post_images(client, ("sample.jpg", sample_path.read_bytes()))
+def test_metrics(client, sample_jpg):
+    post_images(client, ("sample.jpg", sample_jpg.read_bytes()))
     client.get("/nowhere")
     text = client.get("/metrics").text
     assert re.search(r'signs_http_requests_total\{method="POST",route="/predict",status="200"\} [1-9]', text)
@@ -225,8 +225,8 @@ def test_v2_health_and_metadata(client):
     assert response.status_code == 404 and "signs-resnet50" in response.json()["error"]
 
 
-def test_v2_infer_fp32_tensor(client, sample_path, local_model):
-    blob = sample_path.read_bytes()
+def test_v2_infer_fp32_tensor(client, sample_jpg, local_model):
+    blob = sample_jpg.read_bytes()
     tensor = torch.stack([data.prepare_image(blob), torch.zeros(3, 64, 64)])
     request = {"id": "42", "inputs": [{"name": "input", "shape": [2, 3, 64, 64], "datatype": "FP32",
                                        "data": tensor.reshape(-1).tolist()}]}
@@ -242,8 +242,8 @@ def test_v2_infer_fp32_tensor(client, sample_path, local_model):
     assert outputs["label"]["data"] == [local_model.classes[i] for i in probabilities.argmax(1).tolist()]
 
 
-def test_v2_infer_bytes_images_matches_predict(client, sample_path):
-    blob = sample_path.read_bytes()
+def test_v2_infer_bytes_images_matches_predict(client, sample_jpg):
+    blob = sample_jpg.read_bytes()
     request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                            "data": [base64.b64encode(blob).decode()]}],
                "outputs": [{"name": "probabilities"}]}
@@ -307,11 +307,11 @@ def test_concurrent_requests_are_batched_and_answered_individually(server, signs
     assert (total - total_before) - (single - single_before) > 0  # some of them held more than one image
 
 
-def test_full_queue_answers_503_with_retry_after(model_file, sample_path, tmp_path):
+def test_full_queue_answers_503_with_retry_after(model_file, sample_jpg, tmp_path):
     server = start_server(model_file, tmp_path / "server.log", "--max-queue", "1", "--max-batch-size", "1",
                           "--max-wait-ms", "0", env={"SIGNS_DECODE_THREADS": "4"})
     try:
-        blob = sample_path.read_bytes()
+        blob = sample_jpg.read_bytes()
 
         def one(_) -> httpx.Response:
             with server.client() as client:

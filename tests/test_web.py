@@ -26,14 +26,14 @@ def browser():
         browser.close()
 
 
-def test_upload_a_photo_and_see_digit_bars_and_model_input(browser, server, sample_path, tmp_path):
-    expected = httpx.post(f"{server.url}/predict", files={"image": sample_path.read_bytes()}, timeout=30).json()
+def test_upload_a_photo_and_see_digit_bars_and_model_input(browser, server, sample_jpg, tmp_path):
+    expected = httpx.post(f"{server.url}/predict", files={"image": sample_jpg.read_bytes()}, timeout=30).json()
     page = browser.new_page(viewport={"width": 800, "height": 640})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(server.url + "/")
     assert page.title() == "SIGNS hand-sign classifier"
-    page.set_input_files("#file", str(sample_path))
+    page.set_input_files("#file", str(sample_jpg))
     page.wait_for_selector("#result.shown", timeout=30_000)
 
     assert page.inner_text("#digit") == expected["results"][0]["label"]

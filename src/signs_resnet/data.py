@@ -188,7 +188,21 @@ def _label_of(file: Path, folder: Path) -> str:
     return file.name.split("_", 1)[0] if "_" in file.name else file.name[0]
 
 
-def _sorted_classes(labels: set[str]) -> list[str]:
+def _labelled_files(folders: list[Path]) -> list[tuple[Path, str]]:
+    files = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder")
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise ValueError(f"{folder}: holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += [(file, _label_of(file, folder)) for file in found]
+    return files
+
+
+def folder_classes(folders: list[Path]) -> list[str]:
+    """The class names found in image folders, numerically sorted when they are numbers."""
+    labels = {label for _, label in _labelled_files(folders)}
     return sorted(labels, key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c))
 
 
@@ -196,24 +210,16 @@ def load_image_folder(folders: str | Path | list[str | Path], classes: list[str]
                       size: int = IMAGE_SIZE) -> Dataset:
     """Images labelled by class subfolder (`3/x.jpg`) or file-name prefix (`3_IMG_5864.jpg`)."""
     folders = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
-    files: list[tuple[Path, Path]] = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder")
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise ValueError(f"{folder}: holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        files += [(folder, p) for p in found]
-    labels = [_label_of(file, folder) for folder, file in files]
-    classes = classes or _sorted_classes(set(labels))
+    files = _labelled_files(folders)
+    classes = classes or folder_classes(folders)
     index = {name: i for i, name in enumerate(classes)}
-    for (_, file), label in zip(files, labels):
+    for file, label in files:
         if label not in index:
             raise ValueError(f"{file}: label '{label}' is not one of the classes {classes}")
-    images = np.stack([load_rgb(file, size) for _, file in files])
+    images = np.stack([load_rgb(file, size) for file, _ in files])
     return Dataset(
         torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        torch.tensor([index[label] for label in labels], dtype=torch.int64),
+        torch.tensor([index[label] for _, label in files], dtype=torch.int64),
         classes,
         ", ".join(str(f) for f in folders),
     )
@@ -259,7 +265,8 @@ def load_splits(path: str | Path | None = None, hold_out_validation: bool = Fals
     if not (train_h5 or train_dir.is_dir() or test):
         dataset = load_image_folder(path, classes)
         return Splits(dataset, None, dataset)
-    test_set = load_dataset(test, classes) if test else None
+    # An HDF5 test file's list_classes is authoritative; otherwise the training photos name the classes.
+    test_set = load_dataset(test, classes) if test and test.is_file() else None
     classes = classes or (test_set.classes if test_set else None)
     train = val = None
     if train_h5:
@@ -269,9 +276,12 @@ def load_splits(path: str | Path | None = None, hold_out_validation: bool = Fals
             cut = len(train) // 5
             train, val = train.subset(order[cut:]), train.subset(order[:cut])
     elif train_dir.is_dir():
+        folders = [d for d in (train_dir, val_dir) if d.is_dir()]
+        classes = classes or folder_classes(folders)
         if hold_out_validation and val_dir.is_dir():
-            train = load_image_folder(train_dir, classes)
-            val = load_image_folder(val_dir, train.classes)
+            train, val = load_image_folder(train_dir, classes), load_image_folder(val_dir, classes)
         else:
-            train = load_image_folder([d for d in (train_dir, val_dir) if d.is_dir()], classes)
+            train = load_image_folder(folders, classes)
+    if test and test_set is None:
+        test_set = load_dataset(test, classes)
     return Splits(train, val, test_set)

@@ -94,7 +94,7 @@ class ResNet50Model(nn.Module):
                 n = (n - 1) // stride + 1  # 1x1 convolution at stride s
             n //= 2  # average pool 2x2
             if n < 1:
-                raise ValueError(f"input size {height}x{width} is too small for ResNet50 (at least 32x32)")
+                raise ValueError(f"input size {height}x{width} is too small for ResNet50 (at least 37x37)")
             return n
 
         return side(height) * side(width)

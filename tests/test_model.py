@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from signs_resnet import ResNet50, convolutional_block, identity_block
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ResNet50(input_shape=(64, 64, 3), classes=6)
+
+
+def test_stage_output_shapes_match_the_original_table(model):
+    shapes = [tuple(t.shape[1:]) for t in model.features(torch.rand(2, 3, 64, 64))]
+    assert shapes[1:] == [(256, 15, 15), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]
+
+
+def test_parameter_count_is_about_23_5_million(model):
+    count = sum(p.numel() for p in model.parameters())
+    assert 23_400_000 < count < 23_700_000
+
+
+def test_every_parameter_gets_a_finite_gradient(model):
+    model.train()
+    logits = model(torch.rand(4, 3, 64, 64))
+    assert logits.shape == (4, 6) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("height, width, classes", [(96, 96, 10), (128, 80, 3), (37, 37, 6)])
+def test_other_input_sizes_and_class_counts(height, width, classes):
+    net = ResNet50(input_shape=(height, width, 3), classes=classes).eval()
+    assert net(torch.rand(1, 3, height, width)).shape == (1, classes)
+
+
+def test_too_small_input_is_refused():
+    with pytest.raises(ValueError, match="too small"):
+        ResNet50(input_shape=(36, 36, 3))
+
+
+def test_blocks_keep_the_original_shapes():
+    x = torch.rand(1, 256, 15, 15)
+    assert identity_block(256, 3, (64, 64, 256))(x).shape == x.shape
+    block = convolutional_block(256, 3, (128, 128, 512), s=2)
+    assert block(x).shape == (1, 512, 8, 8)
+    # The stride is on the first 1x1 convolution, as in the original.
+    assert block.branch2a[0].stride == (2, 2) and block.branch2b[0].stride == (1, 1)
+    with pytest.raises(ValueError):
+        identity_block(128, 3, (64, 64, 256))

@@ -1,0 +1,130 @@
+"""Real training on a small slice of the real photos."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from signs_resnet import data, load_model
+from signs_resnet.evaluate import evaluate
+from signs_resnet.train import TrainConfig, fit, recalibrate_batch_norm
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, signs_slice):
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(data=str(signs_slice), out=str(out), epochs=6, batch_size=16, learning_rate=1e-3,
+                         augment=False, label_smoothing=0.0, progress=False)
+    return out, fit(config)
+
+
+def test_training_learns(trained):
+    out, summary = trained
+    history = load_model(out / "model.safetensors").metadata["history"]
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+    assert history[-1]["train_accuracy"] > 0.6  # chance is 1/6
+    assert summary["test"]["n"] == 48
+
+
+def test_training_writes_the_model_metrics_and_plots(trained):
+    out, summary = trained
+    assert {"model.safetensors", "checkpoint.safetensors", "metrics.csv", "curves.png", "confusion.png"} <= {
+        p.name for p in out.iterdir()}
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss,train_accuracy") and len(lines) == 7
+    model = load_model(out / "model.safetensors")
+    assert model.classes == ["0", "1", "2", "3", "4", "5"] and model.input_shape == (64, 64, 3)
+    assert model.metadata["training"]["epochs"] == 6 and model.metadata["preprocessing"]["scale"] == "x / 255"
+    assert model.metadata["metrics"]["test"]["accuracy"] == summary["test"]["accuracy"]
+    assert model.checksum == summary["checksum"]
+
+
+def test_inference_mode_accuracy_is_close_to_training_mode(trained, signs_slice):
+    """The original's batch-norm defect: inference-mode accuracy must not collapse."""
+    out, _ = trained
+    network = load_model(out / "model.safetensors").network
+    train = data.load_splits(signs_slice).train
+    eval_accuracy = evaluate(network, train)["accuracy"]
+    network.train()
+    with torch.no_grad():
+        train_mode_accuracy = (network(data.scale(train.images)).argmax(1) == train.labels).float().mean().item()
+    assert eval_accuracy > 0.6
+    assert abs(eval_accuracy - train_mode_accuracy) < 0.1
+
+
+def test_recalibration_fixes_stale_batch_norm_statistics(trained, signs_slice):
+    out, _ = trained
+    network = load_model(out / "model.safetensors").network
+    train = data.load_splits(signs_slice).train
+    good = evaluate(network, train)["accuracy"]
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.fill_(0.5)
+            module.running_var.fill_(3.0)
+    assert evaluate(network, train)["accuracy"] < good
+    recalibrate_batch_norm(network, train.images, 32, torch.device("cpu"), "fp32")
+    assert evaluate(network, train)["accuracy"] == pytest.approx(good, abs=0.05)
+
+
+def signs(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "signs_resnet", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_cli_evaluate_and_predict(trained, signs_slice, sample_jpg, tmp_path):
+    out, summary = trained
+    model = out / "model.safetensors"
+    result = signs("evaluate", "--model", model, "--data", signs_slice, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == 48 and report["accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert set(report["per_class"]) == {"0", "1", "2", "3", "4", "5"}
+    assert (out / "confusion.png").stat().st_size > 1000
+
+    result = signs("predict", "--model", model, "--json", sample_jpg, sample_jpg)
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)
+    assert len(predictions) == 2 and predictions[0]["path"] == str(sample_jpg)
+    assert predictions[0]["label"] in model_classes() and 0 < predictions[0]["probability"] <= 1
+    assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+
+
+def model_classes():
+    return [str(i) for i in range(6)]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all", None])
+def test_cli_refuses_bad_model_files_without_a_traceback(tmp_path, trained, sample_jpg, content):
+    out, _ = trained
+    path = tmp_path / "model.safetensors"
+    if content is None:  # truncated real model
+        path.write_bytes((out / "model.safetensors").read_bytes()[:100_000])
+    else:
+        path.write_bytes(content)
+    for command in (["evaluate", "--model", path], ["predict", "--model", path, sample_jpg]):
+        result = signs(*command)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert str(path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_data_path_and_bad_image(trained, tmp_path):
+    out, _ = trained
+    result = signs("train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--no-progress")
+    assert result.returncode == 2 and "missing: no such file or folder" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    result = signs("predict", "--model", out / "model.safetensors", "--json", tmp_path / "junk.jpg")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "junk.jpg" in json.loads(result.stdout)[0]["error"]
+
+
+def test_failed_training_does_not_overwrite_an_existing_model(trained, tmp_path):
+    out, _ = trained
+    before = (out / "model.safetensors").read_bytes()
+    (tmp_path / "bad.h5").write_bytes(b"junk")
+    result = signs("train", "--data", tmp_path / "bad.h5", "--out", out, "--no-progress")
+    assert result.returncode == 2 and "bad.h5" in result.stderr
+    assert (out / "model.safetensors").read_bytes() == before
