@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from signs_resnet import data
-from signs_resnet.export import INPUT_NAME, OUTPUT_NAME, PARITY_TOLERANCE, onnx_session
+from signs_resnet.export import (INPUT_NAME, LOGITS_NAME, LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE,
+                                 onnx_session)
 from signs_resnet.predict import load_model, predict
 
 
@@ -21,7 +22,7 @@ def exported(model_file, tmp_path_factory):
     result = subprocess.run([sys.executable, "-m", "signs_resnet", "export", "--model", str(model_file),
                              "--format", "onnx", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "max |probability difference|" in result.stdout
+    assert "max |probability difference|" in result.stdout and "max |logit difference|" in result.stdout
     return out
 
 
@@ -33,20 +34,26 @@ def test_export_writes_one_complete_onnx_file_with_metadata(exported, model_file
     assert json.loads(metadata["classes"]) == list("012345")
     assert metadata["source_checksum"] == load_model(model_file).checksum
     assert [i.name for i in proto.graph.input] == [INPUT_NAME]
-    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME, LOGITS_NAME]
 
 
 def test_onnx_runtime_matches_pytorch(exported, model_file, sample_jpg, signs_jpegs):
-    """Probabilities agree within PARITY_TOLERANCE on real photos and on random inputs, at several batch sizes."""
+    """Probabilities agree within PARITY_TOLERANCE and logits within LOGITS_TOLERANCE (relative) on real
+    photos and random inputs, at several batch sizes."""
     model = load_model(model_file)
     session = onnx_session(exported)
     photos = torch.stack([data.prepare_image(p) for p in [sample_jpg, *signs_jpegs]])
     noise = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     for images in (photos, noise, photos[:1]):
         expected = predict(model, images)
-        actual = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0])
+        with torch.inference_mode():
+            expected_logits = model.network(images)
+        actual, logits = (torch.from_numpy(a) for a in session.run([OUTPUT_NAME, LOGITS_NAME],
+                                                                   {INPUT_NAME: images.numpy()}))
         assert actual.shape == expected.shape
         assert torch.allclose(actual, expected, atol=PARITY_TOLERANCE, rtol=0), (actual - expected).abs().max()
+        scale = expected_logits.abs().max()
+        assert (logits - expected_logits).abs().max() <= LOGITS_TOLERANCE * scale
         assert torch.equal(actual.argmax(1), expected.argmax(1))
 
 

@@ -112,8 +112,10 @@ def _export(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     out = args.out or str(Path(args.model).with_suffix(f".{args.format}"))
     result = export(model, out, args.format)
-    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB); "
-          f"max |probability difference| vs PyTorch on random images: {result['max_difference']:.1e}")
+    difference = result["difference"]
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB); ONNX Runtime vs PyTorch on random images: "
+          f"max |probability difference| {difference['probabilities']:.1e}, "
+          f"max |logit difference| / max |logit| {difference['logits']:.1e}")
     return 0
 
 
