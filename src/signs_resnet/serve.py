@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections import deque
@@ -292,10 +293,13 @@ def load_model(settings: ServeSettings) -> Engine:
     return load_engine(model, settings.engine, settings.threads, settings.max_batch_size)
 
 
-def predict(engine: Engine, images: torch.Tensor) -> list[list[float]]:
-    """Class probabilities (N rows of one per class) for prepared images N x 3 x H x W: one forward pass.
-    Plain lists: the event loop then formats answers without touching a tensor."""
+def predict(engine: Engine, images: torch.Tensor | list[torch.Tensor]) -> list[list[float]]:
+    """Class probabilities (N rows of one per class) for prepared images N x 3 x H x W (or a list of such
+    tensors, run as one batch): one forward pass. Plain lists: the event loop then formats answers
+    without touching a tensor."""
     with torch.inference_mode():
+        if isinstance(images, list):
+            images = torch.cat(images) if len(images) > 1 else images[0]
         return engine.run(images).tolist()
 
 
@@ -389,7 +393,7 @@ class Batcher:
             if not jobs:
                 continue
             started = time.perf_counter()
-            batch = torch.cat([job.images for job in jobs]) if len(jobs) > 1 else jobs[0].images
+            batch = [job.images for job in jobs]
             try:
                 probabilities = await loop.run_in_executor(self.thread, predict, self.engine, batch)
             except Exception as error:  # noqa: BLE001 - handed to every waiting request
@@ -399,13 +403,13 @@ class Batcher:
                 continue
             seconds = time.perf_counter() - started
             if self.metrics:
-                self.metrics.observe_batch(len(batch), seconds)
+                self.metrics.observe_batch(len(probabilities), seconds)
             start = 0
             for job in jobs:
                 rows = probabilities[start:start + len(job.images)]
                 start += len(job.images)
                 if not job.future.done():
-                    job.future.set_result(BatchResult(rows, len(batch), started - job.queued_at, seconds))
+                    job.future.set_result(BatchResult(rows, len(probabilities), started - job.queued_at, seconds))
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -892,7 +896,12 @@ def run(settings: ServeSettings) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
-    os.environ.update(settings.to_env())
+    os.environ.update(settings.to_env())  # the worker processes read their settings from here
+    metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics over all worker processes
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="signs-metrics-")
-    uvicorn.run("signs_resnet.serve:create_app_from_env", factory=True, workers=settings.workers, **options)
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="signs-metrics-")
+    try:
+        uvicorn.run("signs_resnet.serve:create_app_from_env", factory=True, workers=settings.workers, **options)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
