@@ -280,6 +280,8 @@ def test_v2_infer_bytes_images_matches_predict(client, sample_jpg):
     ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "INT8", "data": [0] * 12288}]}, 400),
     ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["not base64!"]}]}, 400),
     ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}]}, 400),
+    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}],
+      "outputs": [{"name": "embedding"}]}, 400),
     ({"inputs": []}, 400),
     ({"nothing": 1}, 400),
 ])
@@ -287,6 +289,12 @@ def test_v2_bad_requests_answer_the_protocols_error(client, request_body, status
     response = client.post("/v2/models/signs-resnet50/infer", json=request_body)
     assert response.status_code == status, response.text
     assert isinstance(response.json()["error"], str)
+
+
+def test_v2_infer_wants_json(client):
+    response = client.post("/v2/models/signs-resnet50/infer", content=b"input=1",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
 
 
 # --- concurrency ---------------------------------------------------------------------------------
