@@ -367,6 +367,19 @@ def test_settings_come_from_the_environment_and_flags_win():
         ServeSettings.from_env({}, engine="tensorflow")
 
 
+def test_every_setting_has_a_serve_flag():
+    import dataclasses
+
+    from signs_resnet.cli import build_parser
+
+    parser = build_parser()
+    serve = next(a for a in parser._actions if a.dest == "command").choices["serve"]
+    flags = {action.dest for action in serve._actions}
+    assert [f.name for f in dataclasses.fields(ServeSettings) if f.name not in flags] == []
+    args = parser.parse_args(["serve", "--max-wait-ms", "0.5", "--decode-threads", "3"])
+    assert (args.max_wait_ms, args.decode_threads, args.port) == (0.5, 3, None)  # unset flags leave env/defaults
+
+
 def test_unexpected_errors_are_logged_and_answered_with_a_generic_500(caplog):
     from signs_resnet.serve import create_app
 

@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help=f"server processes (default: {serve_defaults.workers})")
     serve.add_argument("--engine", choices=ENGINES, help=f"inference engine (default: {serve_defaults.engine})")
     serve.add_argument("--threads", type=int, help="inference threads per process (default: one per core)")
+    serve.add_argument("--decode-threads", type=int,
+                       help=f"image decoding threads per process (default: {serve_defaults.decode_threads})")
     serve.add_argument("--max-batch-size", type=int,
                        help=f"images per forward pass (default: {serve_defaults.max_batch_size})")
     serve.add_argument("--max-wait-ms", type=float,
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"refuse larger images before decoding (default: {serve_defaults.max_pixels})")
     serve.add_argument("--model-name", help=f"Open Inference Protocol name (default: {serve_defaults.model_name})")
     serve.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help=f"(default: {serve_defaults.log_level})")
     serve.set_defaults(run=_serve)
 
     export = commands.add_parser("export", help="export the model for other runtimes (ONNX), with a parity check")
