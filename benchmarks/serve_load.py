@@ -71,6 +71,25 @@ def run_baseline(model_path: str, port: int) -> None:
     baseline_app(model_path).run(host="127.0.0.1", port=port, threaded=False)
 
 
+def run_noop_server(model_path: str, port: int) -> None:
+    """Our server with a forward pass that costs nothing: how fast the HTTP side alone can go."""
+    import torch
+    import uvicorn
+
+    from signs_resnet import serve
+    from signs_resnet.engines import Engine
+    from signs_resnet.predict import load_model
+
+    def load_noop(settings):
+        model = load_model(settings.model)
+        return Engine(model, "no-op", "none", lambda images: torch.full((len(images), 6), 1 / 6))
+
+    serve.load_model = load_noop
+    settings = serve.ServeSettings(model=model_path, port=port)
+    uvicorn.run(serve.create_app(settings), host="127.0.0.1", port=port, log_config=serve.LOG_CONFIG,
+                access_log=False, loop="uvloop", http="httptools")
+
+
 # --- servers --------------------------------------------------------------------------------------
 
 
@@ -183,10 +202,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--serve-args", default="", help="extra `signs serve` options for our server")
+    parser.add_argument("--noop-engine", action="store_true",
+                        help="our server with a forward pass that costs nothing: the HTTP side's ceiling")
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--noop-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         return run_baseline(args.model, args.baseline_server)
+    if args.noop_server:
+        return run_noop_server(args.model, args.noop_server)
 
     try:
         import uvloop
@@ -198,15 +222,18 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     ours_port, baseline_port = free_port(), free_port()
-    servers = {"ours": (ours_port, start(
-        [sys.executable, "-m", "signs_resnet", "serve", "--model", args.model, "--port", str(ours_port),
-         *args.serve_args.split()], ours_port, logs / "serve_load_ours.log"))}
+    ours = [sys.executable, "-m", "signs_resnet", "serve", "--model", args.model, "--port", str(ours_port),
+            *args.serve_args.split()]
+    if args.noop_engine:
+        ours = [sys.executable, __file__, "--model", args.model, "--noop-server", str(ours_port)]
+    servers = {"ours": (ours_port, start(ours, ours_port, logs / "serve_load_ours.log"))}
     if not args.skip_baseline:
         servers["baseline"] = (baseline_port, start(
             [sys.executable, __file__, "--model", args.model, "--baseline-server", str(baseline_port)],
             baseline_port, logs / "serve_load_baseline.log"))
+    ours_name = "a no-op forward pass" if args.noop_engine else f"signs serve {args.serve_args}".rstrip()
     print(f"image {image_path.name} ({len(image)} bytes), {args.runs} runs x {args.seconds:g} s per level, "
-          f"{os.cpu_count()} CPUs; ours: signs serve {args.serve_args}".rstrip(), flush=True)
+          f"{os.cpu_count()} CPUs; ours: {ours_name}", flush=True)
     results: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in levels} for name in servers}
     try:
         for run in range(args.runs):
@@ -232,7 +259,7 @@ def main() -> None:
             if name == "ours" and "baseline" in results:
                 ratio = f"{m['rps'] / median_of(results['baseline'][concurrency])['rps']:.1f}x"
             print(f"{name:<9}{concurrency:>6}{m['rps']:>9.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['p99']:>9.2f}"
-                  f"{m['errors']:>8.0f}{ratio:>13}")
+                  f"{m['errors']:>8.0f}{ratio:>13}".rstrip())
 
 
 if __name__ == "__main__":
