@@ -390,7 +390,7 @@ class LimitBody:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
             response = error_response(413, "payload_too_large", f"request body over the limit of {self.limit} "
                                       "bytes", scope["path"], {"Connection": "close"})
             return await response(scope, receive, send)
