@@ -7,7 +7,7 @@ probabilities N x classes, for the same trained model:
                  AVX512-BF16 it runs in bfloat16 (its default there), else fp32
     onnx         ONNX Runtime on the exported graph (export.py), fp32
     torch-bf16   PyTorch eager, batch norms folded, bfloat16 weights (autocast)
-    torch-fp32   PyTorch eager, batch norms folded: the training code's own forward pass
+    torch-fp32   PyTorch eager, the trained network with its batch norms folded into the convolutions
 
 `benchmarks/engines.py` measures them; the server's default is the fastest on our machine. bf16
 probabilities differ from fp32 by up to ~0.04 (mean ~0.001) and agreed on every test photo's class.
