@@ -1,10 +1,12 @@
-# `make run`: set up, train a model if there is none, then run the main job.  `make test`: set up, run the tests.
+# `make run`: set up, train a model if there is none, evaluate it, then serve it on port 5000.
+# `make test`: set up (including Debian's chromium for the web page test), run the tests.
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL := runs/default/model.safetensors
 SAMPLE := ../shared/data/samples/sample.jpg
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test bench clean
+.PHONY: install browser run test bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -17,12 +19,24 @@ install: $(BIN)/.installed
 $(MODEL): | $(BIN)/.installed
 	$(BIN)/signs train --out $(dir $(MODEL))
 
+# The web page test drives Debian's chromium through Playwright (never a downloaded browser).
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the web page test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+	  echo "could not install chromium (not root? no apt?): the web page test will be skipped"; }
+
 run: $(BIN)/.installed $(MODEL)
 	$(BIN)/signs evaluate --model $(MODEL)
 	$(BIN)/signs predict --model $(MODEL) $(SAMPLE)
+	$(BIN)/signs serve --model $(MODEL) --port 5000
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed browser
 	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/.installed $(MODEL)
+	$(BIN)/python benchmarks/serve_load.py --model $(MODEL)
 
 clean:
 	rm -rf $(VENV) runs

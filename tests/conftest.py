@@ -1,6 +1,15 @@
+"""Shared fixtures: real SIGNS data, small models, and the real server on a loopback port."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -17,6 +26,7 @@ def signs_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_jpg() -> Path:
+    """The original API's example photo, ../shared/data/samples/sample.jpg: an open hand, class 5."""
     return SHARED / "samples" / "sample.jpg"
 
 
@@ -51,3 +61,108 @@ def save_jpeg(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, quality=95)
     return path
+
+
+@pytest.fixture(scope="session")
+def signs_jpegs() -> list[Path]:
+    """A few SIGNS test photos (64x64 JPEG), one per class."""
+    folder = SHARED / "signs" / "64x64_SIGNS" / "test_signs"
+    files = sorted(folder.glob("*.jpg"))
+    if not files:
+        pytest.skip(f"{folder} holds no photos")
+    by_class: dict[str, Path] = {}
+    for file in files:
+        by_class.setdefault(file.name[0], file)
+    return [by_class[c] for c in sorted(by_class)]
+
+
+def make_model_file(path: Path) -> Path:
+    """An untrained ResNet50 written as train.py writes models, its batch norms fitted to random images so
+    its probabilities are spread out (a model with default statistics answers one class with certainty)."""
+    from signs_resnet import data
+    from signs_resnet.model import ResNet50
+    from signs_resnet.predict import save_model
+    from signs_resnet.train import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    network = ResNet50((64, 64, 3), 6)
+    images = torch.randint(0, 256, (64, 3, 64, 64), dtype=torch.uint8)
+    recalibrate_batch_norm(network, images, 64, torch.device("cpu"), "fp32")
+    with torch.no_grad():
+        network.fc.weight.mul_(0.05)
+    metadata = {
+        "classes": [str(c) for c in range(6)],
+        "input_shape": [64, 64, 3],
+        "preprocessing": data.PREPROCESSING,
+        "training": {"note": "untrained test model"},
+    }
+    save_model(path, network, metadata)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """SIGNS_TEST_MODEL when set (e.g. a trained runs/default/model.safetensors), else an untrained model."""
+    if os.environ.get("SIGNS_TEST_MODEL"):
+        return Path(os.environ["SIGNS_TEST_MODEL"]).resolve()
+    return make_model_file(tmp_path_factory.mktemp("model") / "model.safetensors")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log: Path
+    readiness: list[int] = field(default_factory=list)  # /readyz statuses seen while starting
+
+    def client(self, **options) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **options)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 120) -> Server:
+    """`python -m signs_resnet serve` on a free loopback port; returns once /readyz answers 200."""
+    port = free_port()
+    command = [sys.executable, "-m", "signs_resnet", "serve", "--model", str(model), "--port", str(port), *args]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")} | (env or {})
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                status = client.get(f"{server.url}/readyz").status_code
+            except httpx.TransportError:
+                time.sleep(0.02)
+                continue
+            server.readiness.append(status)
+            if status == 200:
+                return server
+            time.sleep(0.02)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(model_file, tmp_path_factory):
+    """One real server for the whole session."""
+    server = start_server(model_file, tmp_path_factory.mktemp("server") / "server.log")
+    yield server
+    server.stop()

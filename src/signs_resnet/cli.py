@@ -97,6 +97,28 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeSettings, run
+
+    fields = {f.name for f in dataclasses.fields(ServeSettings)}
+    run(ServeSettings.from_env(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .predict import load_model
+
+    model = load_model(args.model)
+    out = args.out or str(Path(args.model).with_suffix(f".{args.format}"))
+    result = export(model, out, args.format)
+    difference = result["difference"]
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB); ONNX Runtime vs PyTorch on random images: "
+          f"max |probability difference| {difference['probabilities']:.1e}, "
+          f"max |logit difference| / max |logit| {difference['logits']:.1e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signs", description="ResNet50 hand-sign classifier for SIGNS")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +152,43 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print a JSON list")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(run=_predict)
+
+    from .serve import ENGINES, ServeSettings
+
+    serve_defaults = ServeSettings()
+    serve = commands.add_parser("serve", help="serve the model over HTTP (REST API, web page, KServe v2)",
+                                description="Every option can also be set as an environment variable "
+                                            "SIGNS_<OPTION> (e.g. SIGNS_MODEL, SIGNS_PORT); options win.")
+    serve.add_argument("--model", help=f"model file (default: {serve_defaults.model})")
+    serve.add_argument("--host", help=f"address to listen on (default: {serve_defaults.host})")
+    serve.add_argument("--port", type=int, help=f"(default: {serve_defaults.port})")
+    serve.add_argument("--workers", type=int, help=f"server processes (default: {serve_defaults.workers})")
+    serve.add_argument("--engine", choices=ENGINES, help=f"inference engine (default: {serve_defaults.engine})")
+    serve.add_argument("--threads", type=int, help="inference threads per process (default: one per core)")
+    serve.add_argument("--decode-threads", type=int,
+                       help=f"image decoding threads per process (default: {serve_defaults.decode_threads})")
+    serve.add_argument("--max-batch-size", type=int,
+                       help=f"images per forward pass (default: {serve_defaults.max_batch_size})")
+    serve.add_argument("--max-wait-ms", type=float,
+                       help=f"longest wait for a fuller batch (default: {serve_defaults.max_wait_ms})")
+    serve.add_argument("--max-queue", type=int,
+                       help=f"images waiting before 503 (default: {serve_defaults.max_queue})")
+    serve.add_argument("--max-upload-bytes", type=int,
+                       help=f"request body limit (default: {serve_defaults.max_upload_bytes})")
+    serve.add_argument("--max-images", type=int, help=f"images per request (default: {serve_defaults.max_images})")
+    serve.add_argument("--max-pixels", type=int,
+                       help=f"refuse larger images before decoding (default: {serve_defaults.max_pixels})")
+    serve.add_argument("--model-name", help=f"Open Inference Protocol name (default: {serve_defaults.model_name})")
+    serve.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help=f"(default: {serve_defaults.log_level})")
+    serve.set_defaults(run=_serve)
+
+    export = commands.add_parser("export", help="export the model for other runtimes (ONNX), with a parity check")
+    export.add_argument("--model", required=True)
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", help="output file (default: the model's path with the format's suffix)")
+    export.set_defaults(run=_export)
     return parser
 
 

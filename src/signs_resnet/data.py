@@ -30,6 +30,15 @@ PREPROCESSING = {
 }
 
 
+class ImageError(ValueError):
+    """An input that is not a usable image. `code` names the reason for API clients:
+    "not_an_image", "too_many_pixels" or "corrupt_image"."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class Dataset:
     images: torch.Tensor  # uint8, N x 3 x H x W
@@ -73,13 +82,16 @@ def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXE
             image = Image.open(source)
     except FileNotFoundError:
         raise FileNotFoundError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(f"{name}: not a readable image ({error})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (not a format Pillow knows)", "not_an_image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{name}: not a readable image ({error})", "too_many_pixels") from None
     except OSError as error:
-        raise ValueError(f"{name}: cannot read image ({error})") from None
+        raise ImageError(f"{name}: cannot read image ({error})", "corrupt_image") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ValueError(f"{name}: image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+        raise ImageError(f"{name}: image of {width}x{height} pixels is over the limit of {max_pixels} pixels",
+                         "too_many_pixels")
     return image
 
 
@@ -122,7 +134,7 @@ def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IM
             image = image.resize((size, size), Image.Resampling.LANCZOS)
         return np.array(image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{name}: cannot decode image ({error})") from None
+        raise ImageError(f"{name}: cannot decode image ({error})", "corrupt_image") from None
 
 
 def scale(images: torch.Tensor) -> torch.Tensor:

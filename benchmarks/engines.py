@@ -1,0 +1,70 @@
+"""Which inference engine is fastest here? Milliseconds per forward pass and images/s by batch size.
+
+    .venv/bin/python benchmarks/engines.py [--model FILE] [--batch-sizes 1,2,4,8,16,32] [--seconds 1]
+
+Rows: the training code's forward pass as it is (PyTorch eager fp32, channels_last), then every
+engine the server can run (engines.py). The column "max |dp|" is the largest difference of an
+engine's probabilities from the first row's on the 120 SIGNS test photos. The server's default
+engine (serve.ServeSettings.engine) is this table's winner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from signs_resnet.data import load_hdf5, scale  # noqa: E402
+from signs_resnet.engines import ENGINES, load_engine  # noqa: E402
+from signs_resnet.predict import load_model, predict  # noqa: E402
+
+TEST_PHOTOS = ROOT.parent / "shared" / "data" / "signs" / "test_signs.h5"
+
+
+def median_seconds(run, images: torch.Tensor, seconds: float) -> float:
+    for _ in range(3):
+        run(images)
+    times, started = [], time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - started < seconds:
+        tick = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="runs/default/model.safetensors")
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    model = load_model(args.model)
+    runs = {"torch fp32 (as trained)": lambda images: predict(model, images)}
+    for name in args.engines.split(","):
+        engine = load_engine(model, name)
+        runs[engine.describe()] = engine.run
+    photos = scale(load_hdf5(TEST_PHOTOS).images)
+    reference = predict(model, photos)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per forward pass (images/s)")
+    print(f"{'engine':<24}{'max |dp|':>9}" + "".join(f"{f'batch {b}':>17}" for b in sizes))
+    for name, run in runs.items():
+        with torch.inference_mode():
+            difference = float((run(photos) - reference).abs().max())
+            row = f"{name:<24}{difference:>9.0e}"
+            for size in sizes:
+                seconds = median_seconds(run, torch.rand(size, 3, 64, 64), args.seconds)
+                row += f"{seconds * 1000:>8.2f} ({size / seconds:>5.0f})"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

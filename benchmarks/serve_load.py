@@ -1,0 +1,266 @@
+"""Load test: our server against the original's design, over HTTP on 127.0.0.1.
+
+    .venv/bin/python benchmarks/serve_load.py [--model runs/default/model.safetensors] [--runs 3] [--seconds 5]
+
+Starts two real servers as subprocesses on free loopback ports:
+  ours      `python -m signs_resnet serve` (FastAPI on uvicorn, batching, the configured engine)
+  baseline  the original's design rebuilt: Flask's server handling one request at a time
+            (threaded=False), the same model in eager PyTorch fp32, one forward pass per request
+            (with the correct /255 preprocessing, so both give the same answers)
+and drives each with a closed-loop load generator: `concurrency` connections, each posting the
+original's request (multipart field `image`, a 64x64 SIGNS JPEG) as soon as its previous answer
+came back. The generator is raw asyncio on uvloop with pre-built request bytes (tens of
+microseconds per request), so on a small machine it takes little CPU from the servers. Ours and
+the baseline alternate level by level, and each figure is the median over `runs` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "signs" / "64x64_SIGNS" / "test_signs"
+
+
+# --- the baseline: the original API's design ------------------------------------------------------
+
+
+def baseline_app(model_path: str):
+    """Flask, one request at a time, eager PyTorch fp32: the original API.py with its bugs fixed."""
+    import torch
+    from flask import Flask, jsonify, request
+
+    from signs_resnet.data import prepare_image
+    from signs_resnet.predict import load_model, predict
+
+    app = Flask(__name__)
+    model = load_model(model_path)
+
+    @app.route("/predict", methods=["POST"])
+    def predict_route():
+        result = {"success": False}
+        if request.files.get("image"):
+            image = prepare_image(io.BytesIO(request.files["image"].read()), model.image_size)
+            probabilities = predict(model, image.unsqueeze(0))[0]
+            order = torch.argsort(probabilities, descending=True).tolist()
+            result["predictions"] = [{"label": model.classes[i], "probability": float(probabilities[i])}
+                                     for i in order]
+            result["success"] = True
+        return jsonify(result)
+
+    @app.route("/readyz")
+    def ready():
+        return "ok"
+
+    return app
+
+
+def run_baseline(model_path: str, port: int) -> None:
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log: measure the design, not the log
+    baseline_app(model_path).run(host="127.0.0.1", port=port, threaded=False)
+
+
+def run_noop_server(model_path: str, port: int) -> None:
+    """Our server with a forward pass that costs nothing: how fast the HTTP side alone can go."""
+    import torch
+    import uvicorn
+
+    from signs_resnet import serve
+    from signs_resnet.engines import Engine
+    from signs_resnet.predict import load_model
+
+    def load_noop(settings):
+        model = load_model(settings.model)
+        return Engine(model, "no-op", "none", lambda images: torch.full((len(images), 6), 1 / 6))
+
+    serve.load_model = load_noop
+    settings = serve.ServeSettings(model=model_path, port=port)
+    uvicorn.run(serve.create_app(settings), host="127.0.0.1", port=port, log_config=serve.LOG_CONFIG,
+                access_log=False, loop="uvloop", http="httptools")
+
+
+# --- servers --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: list[str], port: int, log: Path, timeout: float = 180) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[:4]} exited with {process.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{command[:4]} not ready after {timeout} s; see {log}")
+
+
+# --- the load generator ---------------------------------------------------------------------------
+
+
+def multipart_request(port: int, image: bytes, filename: str) -> bytes:
+    boundary = "----signs-load-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: serve_load\r\nAccept: */*\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def one_connection(port: int, request: bytes, stop_at: float, record_from: float,
+                         latencies: list[float], errors: list[str]) -> None:
+    reader = writer = None
+    while time.perf_counter() < stop_at:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines if line)}
+            if "content-length" in headers:
+                await reader.readexactly(int(headers["content-length"]))
+            else:
+                await reader.read()
+            finished = time.perf_counter()
+            status = int(status_line.split()[1])
+            if started >= record_from:
+                latencies.append(finished - started)
+                if status != 200:
+                    errors.append(f"HTTP {status}")
+            if headers.get("connection", "").lower() == "close" or status_line.startswith("HTTP/1.0"):
+                writer.close()
+                writer = None
+        except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+            if time.perf_counter() >= record_from:
+                errors.append(type(error).__name__)
+            if writer is not None:
+                writer.close()
+            writer = None
+            await asyncio.sleep(0.01)
+    if writer is not None:
+        writer.close()
+
+
+async def drive(port: int, request: bytes, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    started = time.perf_counter()
+    record_from, stop_at = started + warmup, started + warmup + seconds
+    await asyncio.gather(*(one_connection(port, request, stop_at, record_from, latencies, errors)
+                           for _ in range(concurrency)))
+    elapsed = max(time.perf_counter(), stop_at) - record_from
+    latencies.sort()
+
+    def percentile(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return {"requests": len(latencies), "errors": len(errors), "rps": len(latencies) / elapsed,
+            "p50": percentile(50), "p95": percentile(95), "p99": percentile(99)}
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]} | {
+        "errors": sum(run["errors"] for run in runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="runs/default/model.safetensors")
+    parser.add_argument("--image", help="the JPEG to post (default: the first 64x64 SIGNS test photo)")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured time per level and run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each level")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--serve-args", default="", help="extra `signs serve` options for our server")
+    parser.add_argument("--noop-engine", action="store_true",
+                        help="our server with a forward pass that costs nothing: the HTTP side's ceiling")
+    parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--noop-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_server:
+        return run_baseline(args.model, args.baseline_server)
+    if args.noop_server:
+        return run_noop_server(args.model, args.noop_server)
+
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    image_path = Path(args.image) if args.image else sorted(DEFAULT_IMAGE.glob("*.jpg"))[0]
+    image = image_path.read_bytes()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    ours_port, baseline_port = free_port(), free_port()
+    ours = [sys.executable, "-m", "signs_resnet", "serve", "--model", args.model, "--port", str(ours_port),
+            *args.serve_args.split()]
+    if args.noop_engine:
+        ours = [sys.executable, __file__, "--model", args.model, "--noop-server", str(ours_port)]
+    servers = {"ours": (ours_port, start(ours, ours_port, logs / "serve_load_ours.log"))}
+    if not args.skip_baseline:
+        servers["baseline"] = (baseline_port, start(
+            [sys.executable, __file__, "--model", args.model, "--baseline-server", str(baseline_port)],
+            baseline_port, logs / "serve_load_baseline.log"))
+    ours_name = "a no-op forward pass" if args.noop_engine else f"signs serve {args.serve_args}".rstrip()
+    print(f"image {image_path.name} ({len(image)} bytes), {args.runs} runs x {args.seconds:g} s per level, "
+          f"{os.cpu_count()} CPUs; ours: {ours_name}", flush=True)
+    results: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in levels} for name in servers}
+    try:
+        for run in range(args.runs):
+            for concurrency in levels:
+                for name, (port, _) in servers.items():
+                    request = multipart_request(port, image, image_path.name)
+                    result = asyncio.run(drive(port, request, concurrency, args.seconds, args.warmup))
+                    results[name][concurrency].append(result)
+                    print(f"  run {run + 1} {name:<8} c={concurrency:<3} {result['rps']:7.1f} req/s  "
+                          f"p50 {result['p50']:7.2f} ms  p99 {result['p99']:8.2f} ms  errors {result['errors']}",
+                          file=sys.stderr, flush=True)
+    finally:
+        for _, process in servers.values():
+            process.terminate()
+            process.wait(15)
+
+    print(f"\n{'server':<9}{'conc.':>6}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'vs baseline':>13}")
+    for name in servers:
+        for concurrency in levels:
+            m = median_of(results[name][concurrency])
+            ratio = ""
+            if name == "ours" and "baseline" in results:
+                ratio = f"{m['rps'] / median_of(results['baseline'][concurrency])['rps']:.1f}x"
+            print(f"{name:<9}{concurrency:>6}{m['rps']:>9.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['p99']:>9.2f}"
+                  f"{m['errors']:>8.0f}{ratio:>13}".rstrip())
+
+
+if __name__ == "__main__":
+    main()
