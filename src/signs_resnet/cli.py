@@ -97,6 +97,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _import_keras(args: argparse.Namespace) -> int:
+    from .keras_import import import_keras
+    from .train import MODEL_FILE
+
+    path = Path(args.out) / MODEL_FILE
+    checksum = import_keras(args.file, path)
+    print(f"model: {path} (sha256 {checksum[:12]}), imported from {args.file}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signs", description="ResNet50 hand-sign classifier for SIGNS")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print a JSON list")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(run=_predict)
+
+    import_keras = commands.add_parser("import-keras", help="convert a model saved by the original Keras code "
+                                       "(model.save('res.h5') or save_weights) into DIR/model.safetensors")
+    import_keras.add_argument("file", metavar="FILE.h5")
+    import_keras.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    import_keras.set_defaults(run=_import_keras)
     return parser
 
 
