@@ -1,4 +1,4 @@
-"""Importing the original Keras model: exact on a hand-made Keras 2 file, equal to Keras 3 itself, clear on bad input.
+"""Importing the original Keras model: exact on a hand-made Keras 2 file, equal to Keras 3, clear on bad input.
 
 The Keras 2 layout is written here with h5py from the original code's layer names; the Keras 3
 files are written by Keras (torch backend) from the original code, when Keras is installed.
@@ -7,6 +7,7 @@ files are written by Keras (torch backend) from the original code, when Keras is
 from __future__ import annotations
 
 import json
+import zipfile
 
 import h5py
 import numpy as np
@@ -87,7 +88,7 @@ def write_keras2(path, layers: dict[str, dict[str, np.ndarray]], full_model: boo
             prefix = f"{layer}_1" if layer == scoped else layer
             names = [f"{prefix}/{name}:0" for name in weights]
             group.attrs["weight_names"] = [name.encode() for name in names]
-            for name, value in zip(names, weights.values()):
+            for name, value in zip(names, weights.values(), strict=True):
                 group.create_dataset(name, data=value)
     return path
 
@@ -116,8 +117,8 @@ def test_keras2_file_maps_every_weight_by_its_original_name(tmp_path, keras_laye
     for stage, blocks in BLOCKS.items():
         for index, block in enumerate(blocks):
             for branch in ["branch2a", "branch2b", "branch2c"] + (["branch1"] if block == "a" else []):
-                ours = f"stage{stage}.{index}.{branch}"
-                checked += check((f"{ours}.0", f"{ours}.1"), f"res{stage}{block}_{branch}", f"bn{stage}{block}_{branch}")
+                ours, theirs = f"stage{stage}.{index}.{branch}", f"{stage}{block}_{branch}"
+                checked += check((f"{ours}.0", f"{ours}.1"), f"res{theirs}", f"bn{theirs}")
     assert torch.equal(state["fc.weight"], torch.from_numpy(keras_layers["fc6"]["kernel"]).T)
     assert torch.equal(state["fc.bias"], torch.from_numpy(keras_layers["fc6"]["bias"]))
     checked += ["fc.weight", "fc.bias"]
@@ -213,6 +214,22 @@ def test_not_hdf5(tmp_path):
     with pytest.raises(ValueError, match="res.h5: not an HDF5 file"):
         import_keras(path, tmp_path / "out" / "model.safetensors")
     assert not (tmp_path / "out").exists()
+
+
+def test_keras_archive_says_what_to_import(tmp_path):
+    path = tmp_path / "res.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+    with pytest.raises(ValueError, match=r"res.keras: a Keras 3 .keras archive, .* import its model.weights.h5"):
+        import_keras(path, tmp_path / "out" / "model.safetensors")
+
+
+def test_keras3_weights_file_without_layer_names(tmp_path):
+    path = tmp_path / "res.weights.h5"
+    with h5py.File(path, "w") as file:  # as Keras 3.0 to 3.5 wrote it
+        file.create_group("layers/conv2d/vars")["0"] = np.zeros((7, 7, 3, 64), np.float32)
+    with pytest.raises(ValueError, match=r"does not record layer names \(Keras before 3.6\)"):
+        import_keras(path, tmp_path / "out" / "model.safetensors")
 
 
 def test_missing_file(tmp_path):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import string
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def read_keras_weights(path: str | Path) -> KerasWeights:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    if zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: a Keras 3 .keras archive, not an HDF5 file; unzip it and import its "
+                         "model.weights.h5")
     if not h5py.is_hdf5(path):
         raise ValueError(f"{path}: not an HDF5 file (expected a Keras model saved with model.save('model.h5') "
                          "or model.save_weights)")
@@ -84,23 +88,28 @@ def _read_layer_groups(root: h5py.Group) -> dict[str, dict[str, np.ndarray]]:
     """<layer>/<layer>/kernel:0 (Keras 2) or <layer>/<layer>/kernel (Keras 3): keyed by 'kernel'."""
     layers = {}
     for layer_name, group in root.items():
-        weights: dict[str, np.ndarray] = {}
-        if isinstance(group, h5py.Group):
-            group.visititems(lambda name, item: _add_dataset(weights, name, item))
+        weights = _datasets(group) if isinstance(group, h5py.Group) else {}
         if weights:
             layers[layer_name] = weights
     return layers
 
 
-def _add_dataset(weights: dict[str, np.ndarray], name: str, item: h5py.HLObject) -> None:
-    if isinstance(item, h5py.Dataset):
-        weights[name.rsplit("/", 1)[-1].split(":")[0]] = item[()]
+def _datasets(group: h5py.Group) -> dict[str, np.ndarray]:
+    """All datasets under group, by the last part of their name: 'conv1_1/kernel:0' -> 'kernel'."""
+    weights = {}
+
+    def add(name: str, item: h5py.HLObject) -> None:
+        if isinstance(item, h5py.Dataset):
+            weights[name.rsplit("/", 1)[-1].split(":")[0]] = item[()]
+
+    group.visititems(add)
+    return weights
 
 
 def _read_numbered_weights(root: h5py.Group, path: Path) -> dict[str, dict[str, np.ndarray]]:
     """Keras 3 .weights.h5: layers/<class name>/vars/<position>, the layer's own name in vars' attributes."""
     layers = {}
-    for key, group in root.items():
+    for group in root.values():
         variables = group.get("vars") if isinstance(group, h5py.Group) else None
         if variables is None or len(variables) == 0:  # layers without weights (activations, pooling)
             continue
