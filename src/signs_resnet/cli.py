@@ -119,6 +119,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_keras(args: argparse.Namespace) -> int:
+    from .keras_import import import_keras
+    from .train import MODEL_FILE
+
+    path = Path(args.out) / MODEL_FILE
+    checksum = import_keras(args.file, path)
+    print(f"model: {path} (sha256 {checksum[:12]}), imported from {args.file}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signs", description="ResNet50 hand-sign classifier for SIGNS")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--out", help="output file (default: the model's path with the format's suffix)")
     export.set_defaults(run=_export)
+
+    import_keras = commands.add_parser("import-keras", help="convert a model saved by the original Keras code "
+                                       "(model.save('res.h5') or save_weights) into DIR/model.safetensors")
+    import_keras.add_argument("file", metavar="FILE.h5")
+    import_keras.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    import_keras.set_defaults(run=_import_keras)
     return parser
 
 

@@ -83,10 +83,13 @@ class ResNet50Model(nn.Module):
         self.stage2, self.stage3, self.stage4, self.stage5 = stages
         self.pool = nn.AvgPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(in_channels * self._pooled_area(height, width), classes)
+        pooled_height, pooled_width = self.pooled_size(height, width)
+        self.fc = nn.Linear(in_channels * pooled_height * pooled_width, classes)
 
     @staticmethod
-    def _pooled_area(height: int, width: int) -> int:
+    def pooled_size(height: int, width: int) -> tuple[int, int]:
+        """Height and width of the features after the average pool, which the dense layer flattens."""
+
         def side(n: int) -> int:
             n = (n + 6 - 7) // 2 + 1  # zero-pad 3, conv 7x7/2
             n = (n - 3) // 2 + 1  # max-pool 3x3/2
@@ -97,7 +100,7 @@ class ResNet50Model(nn.Module):
                 raise ValueError(f"input size {height}x{width} is too small for ResNet50 (at least 37x37)")
             return n
 
-        return side(height) * side(width)
+        return side(height), side(width)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of stages 1..5, for inspection and tests."""
