@@ -16,14 +16,14 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotation_degrees: float = 25.0
-    zoom: tuple[float, float] = (0.75, 1.25)  # > 1 zooms in
-    shift: float = 0.15  # fraction of the image side
+    rotation_degrees: float = 15.0
+    zoom: tuple[float, float] = (0.85, 1.15)  # > 1 zooms in
+    shift: float = 0.1  # fraction of the image side
     flip: bool = True
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.4
-    hue_degrees: float = 15.0
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.3
+    hue_degrees: float = 10.0
     grayscale_probability: float = 0.1
 
 

@@ -40,7 +40,7 @@ class TrainConfig:
     out: str = "runs/default"
     epochs: int = 10
     batch_size: int = 32
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
