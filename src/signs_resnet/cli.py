@@ -21,6 +21,8 @@ def _train(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     summary = fit(config)
+    if "model" not in summary:  # another process of a torchrun group: rank 0 reports
+        return 0
     if "test" in summary:
         test = summary["test"]
         print(f"test accuracy: {test['accuracy']:.4f} ({test['n'] - len(test['errors'])}/{test['n']}) "
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="SIGNS data: folder, HDF5 file or image folder (default: $SIGNS_DATA)")
     train.add_argument("--out", default=defaults.out, help="output folder (default: %(default)s)")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help="images per step over all processes (under torchrun: split evenly between them)")
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)

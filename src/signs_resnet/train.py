@@ -2,6 +2,7 @@
 
 The whole dataset lives in memory as one uint8 tensor (on the GPU when there is one); batches are
 indexed, scaled and augmented as tensors, so there is no per-image Python in the loop.
+Under torchrun each process trains on its shard with DistributedDataParallel (distributed.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import artifact, data
+from . import artifact, data, distributed
 from .augment import augment
 from .evaluate import evaluate, plot_confusion, plot_curves
 from .model import ResNet50
@@ -52,10 +53,6 @@ class TrainConfig:
     resume: bool = False
 
 
-def choose_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
@@ -74,29 +71,46 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return data.scale(images).contiguous(memory_format=torch.channels_last)
 
 
+def steps_per_epoch(num_images: int, config: TrainConfig, context: distributed.Context) -> int:
+    local_batch_size = distributed.local_batch_size(config.batch_size, context)
+    return math.ceil(distributed.shard_size(num_images, context) / local_batch_size)
+
+
 def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, generator: torch.Generator,
-                    first_step: int, total_steps: int, device: torch.device) -> dict[str, float]:
+                    first_step: int, total_steps: int, device: torch.device,
+                    context: distributed.Context = distributed.Context(),
+                    augment_generator: torch.Generator | None = None) -> dict[str, float]:
+    """One pass over this process's shard; `generator` shuffles (the same on every process),
+    `augment_generator` (default: `generator`) draws the augmentations. Returns metrics over all processes."""
     model.train()
-    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
-    order = torch.randperm(len(labels), generator=generator).to(device)
+    batch_size = distributed.local_batch_size(config.batch_size, context)
+    steps = steps_per_epoch(len(labels), config, context)
+    order = distributed.shard(torch.randperm(len(labels), generator=generator), context).to(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    batches = tqdm(range(steps_per_epoch), disable=not config.progress, leave=False, unit="batch")
+    batches = tqdm(range(steps), disable=not (config.progress and context.is_main), leave=False, unit="batch")
     for i in batches:
-        index = order[i * config.batch_size:(i + 1) * config.batch_size]
+        index = order[i * batch_size:(i + 1) * batch_size]
         x, y = to_input(images[index]), labels[index]
         if config.augment:
-            x = augment(x, generator)
+            x = augment(x, augment_generator or generator)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(first_step + i, total_steps, config, steps_per_epoch)
+            group["lr"] = learning_rate_at(first_step + i, total_steps, config, steps)
         with autocast(device, config.precision):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if i == 0:
+            distributed.fail_if_requested(context)
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
+    if context.enabled:  # every process's sums; padded repeats count as DistributedSampler's do
+        seen = torch.tensor(float(len(order)), device=device)
+        loss_sum, correct, seen = distributed.sum_over_ranks(torch.stack([loss_sum, correct.float(), seen]),
+                                                             context).tolist()
+        return {"loss": loss_sum / seen, "accuracy": correct / seen}
     return {"loss": loss_sum.item() / len(labels), "accuracy": correct.item() / len(labels)}
 
 
@@ -141,10 +155,21 @@ def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def fit(config: TrainConfig) -> dict[str, Any]:
-    """Train with `config`, write the model, metrics and plots into config.out; return the summary."""
+    """Train with `config`, write the model, metrics and plots into config.out; return the summary.
+
+    Under torchrun every process calls fit(); rank 0 alone writes files and returns the full summary.
+    """
+    context = distributed.Context.from_environment()
+    device = distributed.start(context)
+    try:
+        return _fit(config, context, device)
+    finally:
+        distributed.stop(context)
+
+
+def _fit(config: TrainConfig, context: distributed.Context, device: torch.device) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(config.out)
-    device = choose_device()
     splits = data.load_splits(config.data, config.hold_out_validation)
     if splits.train is None:
         raise ValueError(f"{config.data or data.default_data_path()}: holds no training split")
@@ -158,22 +183,29 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, float]] = []
     first_epoch = 0
     checkpoint_path = out / CHECKPOINT_FILE
-    if config.resume and checkpoint_path.exists():
-        state, saved_config, _ = artifact.load(checkpoint_path, "checkpoint")
+    resumed = None
+    if context.is_main and config.resume and checkpoint_path.exists():
+        resumed, saved_config, _ = artifact.load(checkpoint_path, "checkpoint")
         _check_resumable(saved_config, config, checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(_int_keys(state["optimizer"]))
-        generator.set_state(state["generator"])
-        first_epoch, history = state["epoch"], state["history"]
-        log.info("resuming from %s after epoch %d", checkpoint_path, first_epoch)
+        log.info("resuming from %s after epoch %d", checkpoint_path, resumed["epoch"])
+    resumed = distributed.broadcast_from_main(resumed, context)  # only rank 0 needs the output folder
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(_int_keys(resumed["optimizer"]))
+        generator.set_state(resumed["generator"])
+        first_epoch, history = resumed["epoch"], resumed["history"]
+    network = distributed.wrap(model, device, context)
     images, labels = train_set.images.to(device), train_set.labels.to(device)
-    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    steps = steps_per_epoch(len(labels), config, context)
     writer = ThreadPoolExecutor(max_workers=1)  # checkpoints are written while the next epoch trains
     pending: Future | None = None
     for epoch in range(first_epoch, config.epochs):
         epoch_started = time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, images, labels, config, generator,
-                                  epoch * steps_per_epoch, config.epochs * steps_per_epoch, device)
+        metrics = train_one_epoch(network, optimizer, images, labels, config, generator,
+                                  epoch * steps, config.epochs * steps, device, context,
+                                  distributed.augmentation_generator(generator, config.seed, epoch, context))
+        if not context.is_main:
+            continue
         row = {"epoch": epoch + 1, "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
         if splits.val is not None:
             val = evaluate(model, splits.val, device=device)
@@ -190,17 +222,25 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         pending.result()
     writer.shutdown()
 
-    recalibrate_batch_norm(model, images, 128, device, config.precision)
+    model = distributed.unwrap(network)
+    if context.enabled:
+        digests = distributed.check_replicas_identical(model, context)
+        if context.is_main:
+            log.info("parameters identical on all %d processes: %s", context.world_size, " ".join(digests))
+    recalibrate_batch_norm(model, images, 128, device, config.precision)  # every rank: SyncBatchNorm needs all
+    if not context.is_main:
+        return {"rank": context.rank}
     summary: dict[str, Any] = {"train_seconds": time.perf_counter() - started}
     if splits.val is not None:
         summary["val"] = evaluate(model, splits.val, device=device)
     if splits.test is not None:
         summary["test"] = evaluate(model, splits.test, device=device)
+    processes = {"processes": context.world_size} if context.enabled else {}
     metadata = {
         "classes": train_set.classes,
         "input_shape": list(input_shape),
         "preprocessing": data.PREPROCESSING,
-        "training": dataclasses.asdict(config) | {"device": device.type, "train_size": len(train_set)},
+        "training": dataclasses.asdict(config) | {"device": device.type, "train_size": len(train_set)} | processes,
         "metrics": {k: _scalar_metrics(v) if isinstance(v, dict) else v for k, v in summary.items()},
         "history": history,
     }
