@@ -200,10 +200,13 @@ def _labelled_files(folders: list[Path]) -> list[tuple[Path, str]]:
     return files
 
 
+def _sorted_classes(labels: set[str]) -> list[str]:
+    return sorted(labels, key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c))
+
+
 def folder_classes(folders: list[Path]) -> list[str]:
     """The class names found in image folders, numerically sorted when they are numbers."""
-    labels = {label for _, label in _labelled_files(folders)}
-    return sorted(labels, key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c))
+    return _sorted_classes({label for _, label in _labelled_files(folders)})
 
 
 def load_image_folder(folders: str | Path | list[str | Path], classes: list[str] | None = None,
@@ -211,7 +214,7 @@ def load_image_folder(folders: str | Path | list[str | Path], classes: list[str]
     """Images labelled by class subfolder (`3/x.jpg`) or file-name prefix (`3_IMG_5864.jpg`)."""
     folders = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
     files = _labelled_files(folders)
-    classes = classes or folder_classes(folders)
+    classes = classes or _sorted_classes({label for _, label in files})
     index = {name: i for i, name in enumerate(classes)}
     for file, label in files:
         if label not in index:
