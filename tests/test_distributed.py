@@ -70,11 +70,11 @@ class HalvedBatchNorm(ResNet50Model):
 def fit_in_one_process(data_path, out, resume=False) -> None:
     """The same recipe in one thread of this process, batch norm over each process's half; keeps the epoch-1
     checkpoint as epoch-1.safetensors."""
-    save_checkpoint = train._save_checkpoint
+    write_checkpoint = train._write_checkpoint
 
-    def keep_epoch_one(folder, state, config, history):
-        save_checkpoint(folder, state, config, history)
-        if state["epoch"] == 1:
+    def keep_epoch_one(folder, checkpoint, history):
+        write_checkpoint(folder, checkpoint, history)
+        if len(history) == 1:
             shutil.copy(folder / train.CHECKPOINT_FILE, folder / "epoch-1.safetensors")
 
     threads = torch.get_num_threads()
@@ -83,7 +83,7 @@ def fit_in_one_process(data_path, out, resume=False) -> None:
         for variable in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
             patch.delenv(variable, raising=False)
         patch.setattr(train, "ResNet50", HalvedBatchNorm)
-        patch.setattr(train, "_save_checkpoint", keep_epoch_one)
+        patch.setattr(train, "_write_checkpoint", keep_epoch_one)
         config = train.TrainConfig(data=str(data_path), out=str(out), epochs=2, batch_size=16, learning_rate=1e-3,
                                    precision="fp32", augment=False, progress=False, resume=resume)
         try:

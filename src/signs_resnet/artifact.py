@@ -50,7 +50,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 def _split(tree: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     """Replace every tensor in a nested dict/list by a reference into `tensors`."""
     if isinstance(tree, torch.Tensor):
-        tensors[prefix] = tree.detach().cpu().contiguous().clone()
+        tensors[prefix] = tree.detach().cpu().contiguous()
         return {_TENSOR: prefix}
     if isinstance(tree, dict):
         return {str(k): _split(v, tensors, f"{prefix}.{k}" if prefix else str(k)) for k, v in tree.items()}
@@ -69,12 +69,6 @@ def _join(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return tree
 
 
-def snapshot(tree: Any) -> Any:
-    """A copy of nested state whose tensors no longer change with the originals (for background writes)."""
-    tensors: dict[str, torch.Tensor] = {}
-    return _join(_split(tree, tensors, ""), tensors)
-
-
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     sha = hashlib.sha256()
     for name in sorted(tensors):
@@ -84,13 +78,19 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return sha.hexdigest()
 
 
-def save(path: str | Path, kind: str, state: dict[str, Any], metadata: dict[str, Any]) -> str:
-    """Atomically write `state` (nested dicts of tensors and JSON values) and `metadata`; return the checksum."""
+def encode(kind: str, state: dict[str, Any], metadata: dict[str, Any]) -> tuple[bytes, str]:
+    """The file contents for `state` (nested dicts of tensors and JSON values) and `metadata`, and their checksum."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, "")
     checksum = _digest(tensors)
     header = {"format": FORMAT, "kind": kind, "sha256": checksum, "state": skeleton, "metadata": metadata}
-    atomic_write(path, save_safetensors(tensors, metadata={"signs_resnet": json.dumps(header)}))
+    return save_safetensors(tensors, metadata={"signs_resnet": json.dumps(header)}), checksum
+
+
+def save(path: str | Path, kind: str, state: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """Atomically write `state` and `metadata` (see encode); return the checksum."""
+    contents, checksum = encode(kind, state, metadata)
+    atomic_write(path, contents)
     return checksum
 
 

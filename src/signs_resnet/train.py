@@ -137,13 +137,13 @@ def recalibrate_batch_norm(model: torch.nn.Module, images: torch.Tensor, batch_s
 
 
 def _checkpoint_state(model, optimizer, generator, epoch, history) -> dict[str, Any]:
-    return artifact.snapshot({
+    return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "epoch": epoch,
         "history": history,
-    })
+    }
 
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
@@ -197,7 +197,9 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     network = distributed.wrap(model, device, context)
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     steps = steps_per_epoch(len(labels), config, context)
-    writer = ThreadPoolExecutor(max_workers=1)  # checkpoints are written while the next epoch trains
+    # Checkpoints are encoded between epochs and written to disk while the next epoch trains (encoding
+    # in the background too would take CPU time from training's threads and cost far more than it saves).
+    writer = ThreadPoolExecutor(max_workers=1)
     pending: Future | None = None
     for epoch in range(first_epoch, config.epochs):
         epoch_started = time.perf_counter()
@@ -216,8 +218,9 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
                  " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
         if pending:
             pending.result()
-        state = _checkpoint_state(model, optimizer, generator, epoch + 1, history)
-        pending = writer.submit(_save_checkpoint, out, state, config, history)
+        checkpoint, _ = artifact.encode("checkpoint", _checkpoint_state(model, optimizer, generator, epoch + 1, history),
+                                        dataclasses.asdict(config))
+        pending = writer.submit(_write_checkpoint, out, checkpoint, list(history))
     if pending:
         pending.result()
     writer.shutdown()
@@ -252,8 +255,8 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     return summary
 
 
-def _save_checkpoint(out: Path, state: dict[str, Any], config: TrainConfig, history: list[dict]) -> None:
-    artifact.save(out / CHECKPOINT_FILE, "checkpoint", state, dataclasses.asdict(config))
+def _write_checkpoint(out: Path, checkpoint: bytes, history: list[dict]) -> None:
+    artifact.atomic_write(out / CHECKPOINT_FILE, checkpoint)
     _write_metrics(out / METRICS_FILE, history)
 
 
