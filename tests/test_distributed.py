@@ -145,7 +145,7 @@ def test_resume_continues_a_checkpoint(tiny, single_process_run, tmp_path):
     assert result.stderr.count("after epoch 1") == 1
     assert "parameters identical on all 2 processes" in result.stderr  # rank 1 got the optimizer state too
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
-    # Against the same resume in one process (resuming is not bit-exact even in one process: see the README).
+    # Against the same resume in one process.
     single = tmp_path / "single"
     single.mkdir()
     shutil.copy(single_process_run / "epoch-1.safetensors", single / train.CHECKPOINT_FILE)

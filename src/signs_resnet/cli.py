@@ -220,6 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"signs {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"signs {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"signs {args.command}: interrupted" + (f": {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return 130

@@ -53,6 +53,10 @@ class TrainConfig:
     resume: bool = False
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised once the last complete epoch's checkpoint is safely on disk."""
+
+
 def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
@@ -191,7 +195,7 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     resumed = distributed.broadcast_from_main(resumed, context)  # only rank 0 needs the output folder
     if resumed is not None:
         model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(_int_keys(resumed["optimizer"]))
+        _load_optimizer_state(optimizer, resumed["optimizer"])
         generator.set_state(resumed["generator"])
         first_epoch, history = resumed["epoch"], resumed["history"]
     network = distributed.wrap(model, device, context)
@@ -201,29 +205,40 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     # in the background too would take CPU time from training's threads and cost far more than it saves).
     writer = ThreadPoolExecutor(max_workers=1)
     pending: Future | None = None
-    for epoch in range(first_epoch, config.epochs):
-        epoch_started = time.perf_counter()
-        metrics = train_one_epoch(network, optimizer, images, labels, config, generator,
-                                  epoch * steps, config.epochs * steps, device, context,
-                                  distributed.augmentation_generator(generator, config.seed, epoch, context))
-        if not context.is_main:
-            continue
-        row = {"epoch": epoch + 1, "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
-        if splits.val is not None:
-            val = evaluate(model, splits.val, device=device)
-            row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-        row["seconds"] = time.perf_counter() - epoch_started
-        history.append(row)
-        log.info("epoch %d/%d %s", epoch + 1, config.epochs,
-                 " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+    saved_epoch = first_epoch
+    try:
+        for epoch in range(first_epoch, config.epochs):
+            epoch_started = time.perf_counter()
+            metrics = train_one_epoch(network, optimizer, images, labels, config, generator,
+                                      epoch * steps, config.epochs * steps, device, context,
+                                      distributed.augmentation_generator(generator, config.seed, epoch, context))
+            if not context.is_main:
+                continue
+            row = {"epoch": epoch + 1, "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
+            if splits.val is not None:
+                val = evaluate(model, splits.val, device=device)
+                row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+            row["seconds"] = time.perf_counter() - epoch_started
+            history.append(row)
+            log.info("epoch %d/%d %s", epoch + 1, config.epochs,
+                     " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+            if pending:
+                pending.result()
+            state = _checkpoint_state(model, optimizer, generator, epoch + 1, history)
+            checkpoint, _ = artifact.encode("checkpoint", state, dataclasses.asdict(config))
+            pending = writer.submit(_write_checkpoint, out, checkpoint, list(history))
+            saved_epoch = epoch + 1
+    except KeyboardInterrupt:
         if pending:
             pending.result()
-        checkpoint, _ = artifact.encode("checkpoint", _checkpoint_state(model, optimizer, generator, epoch + 1, history),
-                                        dataclasses.asdict(config))
-        pending = writer.submit(_write_checkpoint, out, checkpoint, list(history))
-    if pending:
-        pending.result()
-    writer.shutdown()
+        if saved_epoch:
+            raise Interrupted(f"the checkpoint after epoch {saved_epoch} is in {checkpoint_path}; "
+                              "continue with --resume") from None
+        raise Interrupted("before the first epoch ended; nothing saved") from None
+    finally:
+        if pending:
+            pending.result()
+        writer.shutdown()
 
     model = distributed.unwrap(network)
     if context.enabled:
@@ -264,8 +279,17 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k in ("accuracy", "loss", "ece", "n")}
 
 
-def _int_keys(optimizer_state: dict[str, Any]) -> dict[str, Any]:
-    return optimizer_state | {"state": {int(k): v for k, v in optimizer_state["state"].items()}}
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load a saved optimizer state (its JSON keys back to ints) with each moment in its parameter's memory layout.
+
+    The fused AdamW walks a parameter and its moments as flat memory: moments read back in the default
+    layout for channels-last weights would pair the wrong elements and silently corrupt the resumed run.
+    """
+    optimizer.load_state_dict(saved | {"state": {int(k): v for k, v in saved["state"].items()}})
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
