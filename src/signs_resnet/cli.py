@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"test accuracy: {test['accuracy']:.4f} ({test['n'] - len(test['errors'])}/{test['n']}) "
               f"on {test['source']}")
     print(f"model: {summary['model']} (sha256 {summary['checksum'][:12]}), {summary['train_seconds']:.1f} s")
+    print(f"peak memory: {summary['peak_memory']}")
     return 0
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import logging
 import math
+import resource
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -248,7 +249,7 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     recalibrate_batch_norm(model, images, 128, device, config.precision)  # every rank: SyncBatchNorm needs all
     if not context.is_main:
         return {"rank": context.rank}
-    summary: dict[str, Any] = {"train_seconds": time.perf_counter() - started}
+    summary: dict[str, Any] = {"train_seconds": time.perf_counter() - started, "peak_memory": peak_memory(device)}
     if splits.val is not None:
         summary["val"] = evaluate(model, splits.val, device=device)
     if splits.test is not None:
@@ -268,6 +269,12 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     if splits.test is not None:
         plot_confusion(summary["test"], out / "confusion.png")
     return summary
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB (GPU, max allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (max resident set)"
 
 
 def _write_checkpoint(out: Path, checkpoint: bytes, history: list[dict]) -> None:
