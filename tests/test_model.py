@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from signs_resnet import ResNet50, convolutional_block, identity_block
+from signs_resnet.model import Bottleneck
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +21,24 @@ def test_parameter_count_is_about_23_5_million(model):
     assert 23_400_000 < count < 23_700_000
 
 
-def test_every_parameter_gets_a_finite_gradient(model):
-    model.train()
-    logits = model(torch.rand(4, 3, 64, 64))
-    assert logits.shape == (4, 6) and torch.isfinite(logits).all()
-    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+def test_every_block_starts_as_the_identity(model):
+    blocks = [block for block in model.modules() if isinstance(block, Bottleneck)]
+    assert len(blocks) == 16
+    for block in blocks:
+        assert torch.equal(block.branch2c[1].weight, torch.zeros_like(block.branch2c[1].weight))
+    x = torch.rand(2, 256, 15, 15)  # an identity block of stage 2 passes its (non-negative) input through
+    assert torch.allclose(model.stage2[1].eval()(x), x)
+
+
+def test_every_parameter_gets_a_finite_gradient():
+    model = ResNet50().train()
+    step = torch.optim.SGD(model.parameters(), lr=0.1)  # one step first: zero-initialised scales move off zero
+    for _ in range(2):
+        step.zero_grad()
+        logits = model(torch.rand(4, 3, 64, 64))
+        assert logits.shape == (4, 6) and torch.isfinite(logits).all()
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+        step.step()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, name
         assert torch.isfinite(parameter.grad).all(), name

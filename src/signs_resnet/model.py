@@ -85,6 +85,17 @@ class ResNet50Model(nn.Module):
         self.flatten = nn.Flatten()
         pooled_height, pooled_width = self.pooled_size(height, width)
         self.fc = nn.Linear(in_channels * pooled_height * pooled_width, classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation of the convolutions, and the last batch norm of every residual branch scaled
+        to zero so that each block starts as the identity (Goyal et al., 2017). From scratch on SIGNS this
+        reaches in 10 epochs what PyTorch's default initialisation needs about 14 for (README, recipe)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, Bottleneck):
+                nn.init.zeros_(module.branch2c[1].weight)
 
     @staticmethod
     def pooled_size(height: int, width: int) -> tuple[int, int]:
