@@ -19,38 +19,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import ROOT, free_port, start_server
+from conftest import ROOT, free_port, raw_exchange, start_server
 from signs_resnet import artifact
 from signs_resnet.guards import MAX_HEADER_BYTES
 
 API_KEY = "test-key-0123456789"
 ORIGIN = "https://app.example"
-
-
-def raw_exchange(url: str, payload: bytes, timeout: float = 30) -> tuple[int | None, dict[str, str], bytes, float]:
-    """Send raw bytes, read until the server closes or goes quiet: (status, headers, body, seconds until the
-    answer began)."""
-    host, port = url.removeprefix("http://").split(":")
-    started = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
-        try:
-            connection.sendall(payload)
-        except OSError:  # the server may answer and stop reading before everything is sent
-            pass
-        received, seconds = b"", None
-        try:
-            while chunk := connection.recv(65536):
-                received += chunk
-                seconds = seconds or time.monotonic() - started
-                connection.settimeout(1)  # an answer has begun; the rest follows at once
-        except TimeoutError:  # a connection kept open for the next request
-            pass
-    head, _, body = received.partition(b"\r\n\r\n")
-    if not head:
-        return None, {}, b"", seconds
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body, seconds
 
 
 def big_png(side: int = 5000) -> bytes:
@@ -128,30 +102,28 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(model_file, tmp_path):
     b"Cookie: " + b"c" * (MAX_HEADER_BYTES + 1) + b"\r\n",  # just over the limit
 ])
 def test_huge_headers_get_431_and_the_server_keeps_serving(server, headers):
-    status, response_headers, body, _ = raw_exchange(
-        server.url, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")
-    assert status == 431, body
-    assert response_headers["content-type"] == "application/json"
-    assert httpx.Response(431, content=body).json()["error"]["code"] == "headers_too_large"
+    answer = raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")
+    assert answer.status == 431, answer
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"]["code"] == "headers_too_large"
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
 
 
 def test_a_huge_url_gets_431(server):
-    status, _, _, _ = raw_exchange(server.url, b"GET /healthz?" + b"q" * 2**17 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert status == 431
+    answer = raw_exchange(server.url, b"GET /healthz?" + b"q" * 2**17 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.status == 431
 
 
 def test_headers_under_the_limit_are_served(server):
     headers = b"".join(b"X-Header-%d: %s\r\n" % (i, b"b" * 100) for i in range(400))  # 44 KB
-    status, _, body, _ = raw_exchange(
-        server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
-    assert (status, body) == (200, b'{"status":"ok"}')
+    answer = raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert (answer.status, answer.body) == (200, b'{"status":"ok"}')
 
 
 def test_a_request_that_is_not_http_gets_a_400_json_answer(server):
-    status, headers, body, _ = raw_exchange(server.url, b"HELLO WORLD\r\n\r\n")
-    assert status == 400 and headers["content-type"] == "application/json"
-    assert httpx.Response(400, content=body).json()["error"]["code"] == "bad_request"
+    answer = raw_exchange(server.url, b"HELLO WORLD\r\n\r\n")
+    assert answer.status == 400 and answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"]["code"] == "bad_request"
 
 
 # --- time limits ----------------------------------------------------------------------------------
@@ -173,19 +145,19 @@ def impatient_server(model_file, tmp_path_factory):
     b"POST /predict HTTP/1.1\r\nHost: x\r\n",  # headers that never end
 ], ids=["silent", "slow headers"])
 def test_slow_headers_get_408_and_the_connection_is_closed(impatient_server, payload):
-    status, headers, body, seconds = raw_exchange(impatient_server.url, payload, timeout=10)
-    assert status == 408 and headers["connection"] == "close"
-    assert httpx.Response(408, content=body).json()["error"]["code"] == "request_timeout"
-    assert TIMEOUT * 0.9 < seconds < TIMEOUT + 3
+    answer = raw_exchange(impatient_server.url, payload, timeout=10)
+    assert answer.status == 408 and answer.headers["connection"] == "close"
+    assert answer.json()["error"]["code"] == "request_timeout"
+    assert TIMEOUT * 0.9 < answer.seconds < TIMEOUT + 3
 
 
 def test_a_slow_upload_gets_408(impatient_server):
     head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
             b"Content-Length: 100000\r\n\r\n--xyz\r\n")  # then nothing more
-    status, headers, body, seconds = raw_exchange(impatient_server.url, head, timeout=10)
-    assert status == 408 and headers["connection"] == "close"
-    assert httpx.Response(408, content=body).json()["error"]["code"] == "request_timeout"
-    assert TIMEOUT * 0.9 < seconds < TIMEOUT + 3
+    answer = raw_exchange(impatient_server.url, head, timeout=10)
+    assert answer.status == 408 and answer.headers["connection"] == "close"
+    assert answer.json()["error"]["code"] == "request_timeout"
+    assert TIMEOUT * 0.9 < answer.seconds < TIMEOUT + 3
 
 
 def test_a_request_not_answered_in_time_gets_503_with_retry_after(impatient_server, sample_jpg):
@@ -263,8 +235,8 @@ def test_probes_and_docs_need_no_key(secured_server, path):
 def test_the_key_is_checked_before_the_upload_is_read(secured_server):
     head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
             b"Content-Length: 5000000\r\n\r\n")  # the 5 MB body never comes
-    status, _, _, seconds = raw_exchange(secured_server.url, head, timeout=10)
-    assert status == 401 and seconds < 5
+    answer = raw_exchange(secured_server.url, head, timeout=10)
+    assert answer.status == 401 and answer.seconds < 5
 
 
 def test_the_key_is_never_logged(secured_server):
