@@ -27,8 +27,9 @@ from pydantic import BaseModel, Field, ValidationError
 from . import __version__
 from .data import ImageError, prepare_image
 from .engines import Engine
+from .errors import ApiError
 from .predict import LoadedModel
-from .serve import ApiError, ServeSettings, decode_error
+from .serve import ServeSettings, decode_error
 
 OUTPUTS = ("probabilities", "label")
 

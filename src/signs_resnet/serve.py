@@ -12,6 +12,9 @@ in one dedicated thread, fed by a `Batcher` that groups concurrent requests into
 with its own rows. Its queue is bounded: when `max_queue` images already wait, requests get 503
 with Retry-After instead of joining an unbounded backlog.
 
+What is refused before any work is done (oversized headers and bodies, slow requests, a missing API
+key) is in guards.py; every refusal is a JSON error (errors.py).
+
 Also served: /healthz, /readyz, /metrics (Prometheus), /docs (OpenAPI), the web page at /, and the
 Open Inference Protocol (KServe v2 REST) under /v2.
 """
@@ -41,10 +44,10 @@ from typing import Any, Callable
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
-from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
