@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +103,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(model: str, port: int, *options: str) -> list[str]:
+    """Our server: `signs serve` with `options`."""
+    return [sys.executable, "-m", "signs_resnet", "serve", "--model", model, "--port", str(port), *options]
+
+
 def start(command: list[str], port: int, log: Path, timeout: float = 180) -> subprocess.Popen:
+    """Start a server and return once its /readyz answers 200."""
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + timeout
@@ -131,57 +139,80 @@ def multipart_request(port: int, image: bytes, filename: str) -> bytes:
     return head.encode() + body
 
 
-async def one_connection(port: int, request: bytes, stop_at: float, record_from: float,
-                         latencies: list[float], errors: list[str]) -> None:
+@dataclass
+class Tally:
+    """What the requests of one load run got (those started after the warm-up)."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds, every answered request
+    statuses: Counter = field(default_factory=Counter)  # HTTP status -> answers
+    failures: Counter = field(default_factory=Counter)  # no answer: "timeout" or the connection error's name
+    retry_after: int = 0  # 503 answers that said when to retry
+
+    def summary(self, seconds: float) -> dict:
+        latencies = sorted(self.latencies)
+
+        def percentile(p: float) -> float:
+            return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else float("nan")
+
+        errors = sum(n for status, n in self.statuses.items() if status != 200) + sum(self.failures.values())
+        return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
+                "p50": percentile(50), "p95": percentile(95), "p99": percentile(99)}
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, dict]:
+    """One request on an open connection: (status, headers), the body read and dropped."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines if line)}
+    if "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    else:
+        await reader.read()
+    if status_line.startswith("HTTP/1.0"):
+        headers["connection"] = "close"
+    return int(status_line.split()[1]), headers
+
+
+async def one_connection(port: int, request: bytes, stop_at: float, record_from: float, tally: Tally,
+                         timeout: float = 60) -> None:
+    """A closed loop: post `request` again as soon as the previous answer came back, until `stop_at`."""
     reader = writer = None
     while time.perf_counter() < stop_at:
+        started = time.perf_counter()
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines if line)}
-            if "content-length" in headers:
-                await reader.readexactly(int(headers["content-length"]))
-            else:
-                await reader.read()
-            finished = time.perf_counter()
-            status = int(status_line.split()[1])
+                started = time.perf_counter()  # latency from the request's first byte, as for keep-alive
+            status, headers = await asyncio.wait_for(exchange(reader, writer, request), timeout)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as error:
             if started >= record_from:
-                latencies.append(finished - started)
-                if status != 200:
-                    errors.append(f"HTTP {status}")
-            if headers.get("connection", "").lower() == "close" or status_line.startswith("HTTP/1.0"):
-                writer.close()
-                writer = None
-        except (OSError, asyncio.IncompleteReadError, ValueError) as error:
-            if time.perf_counter() >= record_from:
-                errors.append(type(error).__name__)
+                tally.failures["timeout" if isinstance(error, asyncio.TimeoutError) else type(error).__name__] += 1
             if writer is not None:
                 writer.close()
             writer = None
             await asyncio.sleep(0.01)
+            continue
+        if started >= record_from:
+            tally.latencies.append(time.perf_counter() - started)
+            tally.statuses[status] += 1
+            tally.retry_after += status == 503 and "retry-after" in headers
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+            writer = None
     if writer is not None:
         writer.close()
 
 
-async def drive(port: int, request: bytes, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
-    latencies: list[float] = []
-    errors: list[str] = []
+async def drive(port: int, request: bytes, concurrency: int, seconds: float, warmup: float,
+                tally: Tally | None = None, timeout: float = 60) -> dict[str, float]:
+    """`concurrency` closed-loop connections for warmup + seconds; the summary of the measured part."""
+    tally = tally if tally is not None else Tally()
     started = time.perf_counter()
     record_from, stop_at = started + warmup, started + warmup + seconds
-    await asyncio.gather(*(one_connection(port, request, stop_at, record_from, latencies, errors)
+    await asyncio.gather(*(one_connection(port, request, stop_at, record_from, tally, timeout)
                            for _ in range(concurrency)))
-    elapsed = max(time.perf_counter(), stop_at) - record_from
-    latencies.sort()
-
-    def percentile(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else float("nan")
-
-    return {"requests": len(latencies), "errors": len(errors), "rps": len(latencies) / elapsed,
-            "p50": percentile(50), "p95": percentile(95), "p99": percentile(99)}
+    return tally.summary(max(time.perf_counter(), stop_at) - record_from)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -222,8 +253,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     ours_port, baseline_port = free_port(), free_port()
-    ours = [sys.executable, "-m", "signs_resnet", "serve", "--model", args.model, "--port", str(ours_port),
-            *args.serve_args.split()]
+    ours = serve_command(args.model, ours_port, *args.serve_args.split())
     if args.noop_engine:
         ours = [sys.executable, __file__, "--model", args.model, "--noop-server", str(ours_port)]
     servers = {"ours": (ours_port, start(ours, ours_port, logs / "serve_load_ours.log"))}

@@ -1,5 +1,6 @@
 """Shared fixtures: real SIGNS data, small models, and the real server on a loopback port."""
 
+import json
 import os
 import socket
 import subprocess
@@ -158,6 +159,43 @@ def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None 
             time.sleep(0.02)
     server.stop()
     raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()}")
+
+
+@dataclass
+class RawAnswer:
+    status: int | None  # None: the server closed the connection without answering
+    headers: dict[str, str]
+    body: bytes
+    seconds: float | None  # until the answer began
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def raw_exchange(url: str, payload: bytes, timeout: float = 30) -> RawAnswer:
+    """Send raw bytes (any request, however malformed) on a new connection and read one answer."""
+    host, port = url.removeprefix("http://").split(":")
+    started, seconds, received = time.monotonic(), None, b""
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        try:
+            connection.sendall(payload)
+        except OSError:  # the server may answer and stop reading before everything is sent
+            pass
+        try:
+            while b"\r\n\r\n" not in received and (chunk := connection.recv(65536)):
+                received += chunk
+                seconds = seconds or time.monotonic() - started
+            head, _, body = received.partition(b"\r\n\r\n")
+            if not head:
+                return RawAnswer(None, {}, b"", seconds)
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+            length = int(headers.get("content-length", -1))
+            while (length < 0 or len(body) < length) and (chunk := connection.recv(65536)):
+                body += chunk
+        except ConnectionResetError:
+            return RawAnswer(None, {}, b"", seconds)
+    return RawAnswer(int(status_line.split()[1]), headers, body, seconds)
 
 
 @pytest.fixture(scope="session")

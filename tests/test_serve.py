@@ -194,10 +194,11 @@ def test_one_bad_image_fails_the_request_and_names_it(client, sample_jpg):
     assert "image 2 (bad.jpg)" in response.json()["error"]["message"]
 
 
-def test_too_many_images(client, sample_jpg):
-    blob = sample_jpg.read_bytes()[:100]
+def test_too_many_images_are_refused_before_any_is_decoded(client, sample_jpg):
+    blob = sample_jpg.read_bytes()[:100]  # not decodable: decoding would answer 400 corrupt_image
     response = post_images(client, *[("a.jpg", blob)] * (ServeSettings().max_images + 1))
-    assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == {"code": "too_many_images", "message": "at most 64 images per request"}
 
 
 # --- health, readiness, metrics, docs -----------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import start_server
+
 CHROMIUM = os.environ.get("SIGNS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -68,3 +70,33 @@ def test_a_file_that_is_not_an_image_shows_the_error(browser, server, tmp_path):
     page.wait_for_selector("#status.error", timeout=30_000)
     assert "not a readable image" in page.inner_text("#status")
     assert not page.is_visible("#result")
+
+
+def test_on_a_server_with_an_api_key_the_page_asks_for_it(browser, model_file, sample_jpg, tmp_path):
+    key = "web-test-key"
+    server = start_server(model_file, tmp_path / "server.log", "--engine", "torch-fp32", "--max-batch-size", "4",
+                          env={"SIGNS_API_KEY": key})
+    try:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/")
+        assert not page.is_visible("#key-form")
+        page.set_input_files("#file", str(sample_jpg))
+        page.wait_for_selector("#key-form", state="visible", timeout=30_000)
+        assert "needs an API key" in page.inner_text("#status")
+        assert page.get_attribute("#api-key", "type") == "password"
+
+        page.fill("#api-key", "wrong")
+        page.click("#key-form button")
+        page.wait_for_function("document.getElementById('status').textContent.includes('refused')")
+        assert page.is_visible("#key-form") and not page.is_visible("#result")
+
+        page.fill("#api-key", key)
+        page.click("#key-form button")
+        page.wait_for_selector("#result.shown", timeout=30_000)
+        assert page.inner_text("#digit") in list("012345")
+        assert not page.is_visible("#key-form")
+        assert not errors, errors
+    finally:
+        server.stop()

@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-images", type=int, help=f"images per request (default: {serve_defaults.max_images})")
     serve.add_argument("--max-pixels", type=int,
                        help=f"refuse larger images before decoding (default: {serve_defaults.max_pixels})")
+    serve.add_argument("--request-timeout-s", type=float,
+                       help="longest wait for a request's headers, then for its answer: 408 while the body is still "
+                            f"arriving, else 503 (default: {serve_defaults.request_timeout_s:g})")
+    serve.add_argument("--api-key", help="require this key on /predict and /v2/models/... (X-API-Key or "
+                                         "Authorization: Bearer); prefer SIGNS_API_KEY, flags show in `ps`")
+    serve.add_argument("--cors-origins", help="comma-separated origins whose web pages may call the API "
+                                              "(default: none, no CORS headers)")
     serve.add_argument("--model-name", help=f"Open Inference Protocol name (default: {serve_defaults.model_name})")
     serve.add_argument("--access-log", action="store_true", default=None, help="log every request")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],

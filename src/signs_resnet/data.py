@@ -86,7 +86,7 @@ def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXE
         raise ImageError(f"{name}: not a readable image (not a format Pillow knows)", "not_an_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"{name}: not a readable image ({error})", "too_many_pixels") from None
-    except OSError as error:
+    except (OSError, ValueError) as error:  # Pillow's format readers raise ValueError on broken headers too
         raise ImageError(f"{name}: cannot read image ({error})", "corrupt_image") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -99,6 +99,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparency is composited on white like the SIGNS background."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():  # a float image can hold NaN or infinity: no pixel value
+            raise ValueError("pixels that are not finite numbers")
         top = 1.0 if image.mode == "F" and values.max(initial=0) <= 1 else (255.0 if values.max(initial=0) <= 255 else 65535.0)
         image = Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":

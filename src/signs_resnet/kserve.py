@@ -27,8 +27,9 @@ from pydantic import BaseModel, Field, ValidationError
 from . import __version__
 from .data import ImageError, prepare_image
 from .engines import Engine
+from .errors import ApiError
 from .predict import LoadedModel
-from .serve import ApiError, ServeSettings, decode_error
+from .serve import ServeSettings, decode_error
 
 OUTPUTS = ("probabilities", "label")
 
@@ -105,9 +106,11 @@ class V2Error(BaseModel):
     error: str
 
 
-def add_open_inference_protocol(app: FastAPI, settings: ServeSettings, state: dict[str, Any], classify) -> None:
-    """/v2 health, metadata and infer: tensors (FP32, N x 3 x H x W in [0, 1]) or encoded images (BYTES)."""
-    """The /v2 routes, answering with `classify` (serve.create_app's decode-then-batch step)."""
+def add_open_inference_protocol(app: FastAPI, settings: ServeSettings, state: dict[str, Any], classify,
+                                protected: list) -> None:
+    """/v2 health, metadata and infer: tensors (FP32, N x 3 x H x W in [0, 1]) or encoded images (BYTES),
+    answered with `classify` (serve.create_app's decode-then-batch step). `protected` (the API key check,
+    when one is set) guards the model's metadata and inference; the health routes stay open for probes."""
     name = settings.model_name
 
     def check_name(model_name: str) -> None:
@@ -132,7 +135,8 @@ def add_open_inference_protocol(app: FastAPI, settings: ServeSettings, state: di
         body = {"name": name, "ready": state["ready"]}
         return body if state["ready"] else JSONResponse(body, 503)
 
-    @app.get("/v2/models/{model_name}", response_model=V2ModelMetadata, responses={404: {"model": V2Error}})
+    @app.get("/v2/models/{model_name}", response_model=V2ModelMetadata, responses={404: {"model": V2Error}},
+             dependencies=protected)
     async def v2_metadata(model_name: str) -> dict[str, Any]:
         check_name(model_name)
         engine: Engine | None = state["engine"]
@@ -152,7 +156,8 @@ def add_open_inference_protocol(app: FastAPI, settings: ServeSettings, state: di
     @app.post("/v2/models/{model_name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"$ref": "#/components/schemas/V2InferRequest"}}}}},
-              responses={400: {"model": V2Error}, 404: {"model": V2Error}, 503: {"model": V2Error}})
+              responses={status: {"model": V2Error} for status in (400, 401, 404, 408, 413, 503)},
+              dependencies=protected)
     async def v2_infer(model_name: str, request: Request) -> dict[str, Any]:
         check_name(model_name)
         if not request.headers.get("content-type", "").lower().startswith("application/json"):

@@ -12,6 +12,9 @@ in one dedicated thread, fed by a `Batcher` that groups concurrent requests into
 with its own rows. Its queue is bounded: when `max_queue` images already wait, requests get 503
 with Retry-After instead of joining an unbounded backlog.
 
+What is refused before any work is done (oversized headers and bodies, slow requests, a missing API
+key) is in guards.py; every refusal is a JSON error (errors.py).
+
 Also served: /healthz, /readyz, /metrics (Prometheus), /docs (OpenAPI), the web page at /, and the
 Open Inference Protocol (KServe v2 REST) under /v2.
 """
@@ -21,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import io
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections import deque
@@ -37,17 +42,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, data
 from .data import ImageError, prepare_image
 from .engines import ENGINES, Engine, load_engine, warm_up
+from .errors import HTTP_CODES, ApiError, QueueFull, error_response
+from .guards import HttpProtocol, LimitBody, RequestTimeout, api_key_check
 from .predict import load_model as load_model_file
 
 log = logging.getLogger(__name__)
@@ -73,6 +81,9 @@ class ServeSettings:
     max_upload_bytes: int = 10 * 1024 * 1024  # request body limit -> 413
     max_images: int = 64  # images per request
     max_pixels: int = data.MAX_PIXELS  # refuse larger images before decoding them
+    request_timeout_s: float = 30.0  # longest wait for a request's headers, and then for its answer
+    api_key: str = ""  # when set, the prediction routes need it (X-API-Key or Authorization: Bearer)
+    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; empty: no CORS
     model_name: str = "signs-resnet50"  # the name in the Open Inference Protocol paths
     access_log: bool = False
     log_level: str = "info"
@@ -94,6 +105,14 @@ class ServeSettings:
     def to_env(self) -> dict[str, str]:
         return {f"SIGNS_{k.upper()}": str(v) for k, v in dataclasses.asdict(self).items()}
 
+    def to_log(self) -> str:
+        """The settings as JSON for the start-up log, the API key masked."""
+        return json.dumps(dataclasses.asdict(self) | {"api_key": "***" if self.api_key else ""})
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
     def validate(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -103,6 +122,13 @@ class ServeSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.threads < 0:
             raise ValueError("max_wait_ms and threads must not be negative")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be more than 0, got {self.request_timeout_s}")
+        if self.api_key and not (self.api_key.isascii() and self.api_key.isprintable() and " " not in self.api_key):
+            raise ValueError("api_key must be printable ASCII without spaces (it travels in an HTTP header)")
+        for origin in self.cors_origin_list:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin like https://example.com (or *)")
 
 
 def _parse(raw: str, kind: type, name: str) -> Any:
@@ -114,36 +140,6 @@ def _parse(raw: str, kind: type, name: str) -> Any:
         return kind(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """An error the client can act on: answered as {"success": false, "error": {"code", "message"}}."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-
-
-class QueueFull(ApiError):
-    def __init__(self, retry_after: int):
-        super().__init__(503, "overloaded", "the server is at capacity; retry shortly",
-                         {"Retry-After": str(retry_after)})
-
-
-HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-              415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable"}
-
-
-def error_response(status: int, code: str, message: str, path: str, headers: dict[str, str] | None = None):
-    """Our error body; under /v2 the Open Inference Protocol's {"error": message} instead."""
-    if path.startswith("/v2/"):
-        body: dict[str, Any] = {"error": message}
-    else:
-        body = {"success": False, "error": {"code": code, "message": message}}
-    return JSONResponse(body, status, headers=headers)
 
 
 # --- response models ----------------------------------------------------------------------------
@@ -210,9 +206,14 @@ class Readiness(BaseModel):
 
 
 def load_model(settings: ServeSettings) -> Engine:
-    """Read the model file once, at start-up, and make it ready on the configured engine."""
+    """Read and verify the model file once, at start-up, and make it ready on the configured engine.
+    Raises FileNotFoundError or ValueError naming the file when it is not a usable model."""
+    started = time.perf_counter()
     model = load_model_file(settings.model)
-    return load_engine(model, settings.engine, settings.threads, settings.max_batch_size)
+    engine = load_engine(model, settings.engine, settings.threads, settings.max_batch_size)
+    log.info("loaded %s (sha256 %s, engine %s) in %.1f s", settings.model, model.checksum[:12], engine.describe(),
+             time.perf_counter() - started)
+    return engine
 
 
 def predict(engine: Engine, images: torch.Tensor | list[torch.Tensor]) -> list[list[float]]:
@@ -252,24 +253,29 @@ class Batcher:
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.metrics = metrics
         self.queued_images = 0
-        self.arriving = 0  # requests being decoded: worth a short wait when a batch is not full
+        self.arriving = 0  # images being decoded: worth a short wait when a batch is not full
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._jobs: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:
+        """Answer the jobs already queued, then stop."""
+        self._stopping = True
+        self._wakeup.set()
         if self._task:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self.thread.shutdown(wait=True)
 
     def check_capacity(self, count: int = 1) -> None:
-        """Raise QueueFull unless `count` more images fit (an empty queue takes any one request)."""
-        if self.queued_images and self.queued_images + count > self.max_queue:
+        """Raise QueueFull unless `count` more images fit beside those being decoded or queued (when none
+        are, any one request is taken)."""
+        pending = self.queued_images + self.arriving
+        if pending and pending + count > self.max_queue:
             raise QueueFull(retry_after=1)
 
     async def submit(self, images: torch.Tensor) -> BatchResult:
@@ -280,8 +286,11 @@ class Batcher:
         self._wakeup.set()
         return await future
 
-    async def _next_batch(self) -> list[_Job]:
+    async def _next_batch(self) -> list[_Job] | None:
+        """The next jobs to run together; None once stopping with nothing left to run."""
         while not self._jobs:
+            if self._stopping:
+                return None
             self._wakeup.clear()
             await self._wakeup.wait()
         deadline = asyncio.get_running_loop().time() + self.max_wait
@@ -292,7 +301,7 @@ class Batcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 break
         jobs, count = [], 0
         while self._jobs and (not jobs or count + len(self._jobs[0].images) <= self.max_batch_size):
@@ -310,8 +319,7 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._next_batch()
+        while (jobs := await self._next_batch()) is not None:
             if not jobs:
                 continue
             started = time.perf_counter()
@@ -378,34 +386,6 @@ class Metrics:
 
 
 # --- middleware ---------------------------------------------------------------------------------
-
-
-class LimitBody:
-    """Refuse request bodies over `limit` bytes: by Content-Length before reading, else while streaming."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            response = error_response(413, "payload_too_large", f"request body over the limit of {self.limit} "
-                                      "bytes", scope["path"], {"Connection": "close"})
-            return await response(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise ApiError(413, "payload_too_large", f"request body over the limit of {self.limit} bytes",
-                               {"Connection": "close"})
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 class Observe:
@@ -479,11 +459,12 @@ PREDICT_BODY = {
         }}},
     }
 }
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 415, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 415, 503)}
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
-    """The FastAPI application; the model loads at start-up and warms up in the background."""
+def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
+    """The FastAPI application serving `engine` (else the model loads at start-up); it warms up in the
+    background, and /readyz answers 200 once it has."""
     metrics = Metrics()
     state: dict[str, Any] = {"engine": None, "batcher": None, "ready": False}
     decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
@@ -491,20 +472,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
-        log.info("serving settings %s", json.dumps(dataclasses.asdict(settings)))
-        started = time.perf_counter()
-        engine = await loop.run_in_executor(None, load_model, settings)
-        info = ModelInfo(name=settings.model_name, checksum=engine.model.checksum, engine=engine.describe(),
-                         classes=engine.model.classes, version=engine.model.checksum[:12])
-        log.info("loaded %s (sha256 %s, engine %s) in %.1f s", settings.model, info.checksum[:12], info.engine,
-                 time.perf_counter() - started)
+        log.info("serving settings %s", settings.to_log())
+        loaded = engine or await loop.run_in_executor(None, load_model, settings)
+        info = ModelInfo(name=settings.model_name, checksum=loaded.model.checksum, engine=loaded.describe(),
+                         classes=loaded.model.classes, version=loaded.model.checksum[:12])
         metrics.model.labels(info.name, info.checksum, info.engine, ",".join(info.classes), info.version).set(1)
-        batcher = Batcher(engine, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics)
-        state.update(engine=engine, batcher=batcher, info=info, info_json=info.model_dump())
+        batcher = Batcher(loaded, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics)
+        state.update(engine=loaded, batcher=batcher, info=info, info_json=info.model_dump())
 
         async def warm() -> None:
             try:
-                seconds = await loop.run_in_executor(batcher.thread, warm_up, engine, settings.max_batch_size)
+                seconds = await loop.run_in_executor(batcher.thread, warm_up, loaded, settings.max_batch_size)
             except Exception:
                 log.exception("warm-up failed; the server stays unready")
                 return
@@ -523,8 +501,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
                               "the Open Inference Protocol (KServe v2) under `/v2`.",
                   # our metrics are Prometheus; FastAPI's OpenTelemetry hooks cost time on every request
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
+    # outermost last: Observe sees every answer; CORS headers go on errors too (browsers can read them)
     app.add_middleware(LimitBody, limit=settings.max_upload_bytes)
+    app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
     app.add_middleware(Observe, metrics=metrics)
+    protected = [Depends(api_key_check(settings.api_key))] if settings.api_key else []
+    errors = ERRORS | ({401: {"model": ErrorResponse}} if settings.api_key else {})
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
@@ -552,11 +537,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         batcher = ready_batcher()
         batcher.check_capacity(count)  # refuse early, before spending time on decoding
         started = time.perf_counter()
-        batcher.arriving += 1
+        batcher.arriving += count
         try:
             images, extra = await asyncio.get_running_loop().run_in_executor(decoder, prepare)
         finally:
-            batcher.arriving -= 1
+            batcher.arriving -= count
         decode_seconds = time.perf_counter() - started
         return extra, await batcher.submit(images), decode_seconds
 
@@ -565,7 +550,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return HTMLResponse(_static_page())
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              openapi_extra=PREDICT_BODY, responses=ERRORS)
+              openapi_extra=PREDICT_BODY, responses=errors, dependencies=protected)
     async def predict_route(request: Request, include_image: bool = False) -> JSONResponse:
         """Classify one or more images uploaded as multipart field `image` (the original's curl call).
 
@@ -573,7 +558,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         (The answer is built as PredictResponse describes; it skips re-validation, a hot path.)
         """
         started = time.perf_counter()
-        ready_batcher()
+        ready_batcher().check_capacity()  # before reading the upload
         uploads = await read_uploads(request, settings.max_images)
         engine: Engine = state["engine"]
 
@@ -625,7 +610,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     from .kserve import add_open_inference_protocol, openapi_schema
 
-    add_open_inference_protocol(app, settings, state, classify)
+    add_open_inference_protocol(app, settings, state, classify, protected)
     app.openapi = lambda: openapi_schema(app)
     return app
 
@@ -637,7 +622,8 @@ async def read_uploads(request: Request, max_images: int) -> list[tuple[str | No
         raise ApiError(415, "unsupported_media_type",
                        f"send the image as multipart/form-data, field 'image' (got {content_type or 'no'} "
                        "content type), e.g. curl -F image=@sample.jpg")
-    async with request.form(max_files=max_images, max_fields=max_images) as form:
+    form = await _parse_form(request, max_images)
+    try:
         fields = form.getlist("image")
         if not fields:
             raise ApiError(400, "missing_image", "no 'image' field in the form; send the file as "
@@ -650,7 +636,19 @@ async def read_uploads(request: Request, max_images: int) -> list[tuple[str | No
             if not blob:
                 raise ApiError(400, "empty_file", f"image {index + 1} ({field.filename}): the file is empty")
             uploads.append((field.filename, blob))
+    finally:
+        await form.close()
     return uploads
+
+
+async def _parse_form(request: Request, max_images: int) -> FormData:
+    """The parsed form; the parser stops at the first part over `max_images` files or fields."""
+    try:
+        return await request.form(max_files=max_images, max_fields=max_images)
+    except StarletteHTTPException as error:  # Starlette's answer to a MultiPartException
+        if str(error.detail).startswith("Too many"):
+            raise ApiError(413, "too_many_images", f"at most {max_images} images per request") from None
+        raise ApiError(400, "malformed_multipart", f"not a readable multipart/form-data body: {error.detail}") from None
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -670,16 +668,24 @@ def create_app_from_env() -> FastAPI:
 
 
 def run(settings: ServeSettings) -> None:
-    """Serve until interrupted."""
+    """Serve until SIGTERM or Ctrl-C. The model is loaded (one process) or verified (several) first, so a
+    bad model file stops here with a ValueError naming it, before any port is opened."""
     import uvicorn
 
     if not Path(settings.model).is_file():
         raise FileNotFoundError(f"{settings.model}: no such model file (train one with `signs train`)")
+    # After its graceful shutdown uvicorn raises the signal again with the handler found at start: make
+    # SIGTERM's a clean exit (status 0), also while the model is still loading.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     options = dict(host=settings.host, port=settings.port, log_config=LOG_CONFIG, log_level=settings.log_level,
-                   access_log=settings.access_log, loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+                   access_log=settings.access_log, loop="uvloop",
+                   http=functools.partial(HttpProtocol, header_timeout=settings.request_timeout_s),
+                   # in-flight requests are answered within request_timeout_s (or timed out): wait that long
+                   timeout_graceful_shutdown=settings.request_timeout_s)
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, load_model(settings)), **options)
         return
+    load_model_file(settings.model)  # the workers load it; verify it once here, where failing is clear
     os.environ.update(settings.to_env())  # the worker processes read their settings from here
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics over all worker processes
@@ -689,3 +695,7 @@ def run(settings: ServeSettings) -> None:
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
