@@ -16,15 +16,17 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotation_degrees: float = 15.0
-    zoom: tuple[float, float] = (0.85, 1.15)  # > 1 zooms in
-    shift: float = 0.1  # fraction of the image side
+    # Half of what a phone photo may differ by: stronger augmentation measured worse in a 16-epoch budget
+    # (val_signs 94.9% at full strength, 96.3% at half; README, recipe).
+    rotation_degrees: float = 7.5
+    zoom: tuple[float, float] = (0.925, 1.075)  # > 1 zooms in
+    shift: float = 0.05  # fraction of the image side
     flip: bool = True
-    brightness: float = 0.25
-    contrast: float = 0.25
-    saturation: float = 0.3
-    hue_degrees: float = 10.0
-    grayscale_probability: float = 0.1
+    brightness: float = 0.125
+    contrast: float = 0.125
+    saturation: float = 0.15
+    hue_degrees: float = 5.0
+    grayscale_probability: float = 0.05
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
