@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    # Half of what a phone photo may differ by: stronger augmentation measured worse in a 16-epoch budget
+    # Half of what a phone photo may differ by: stronger augmentation measured worse in a short budget
     # (val_signs 94.9% at full strength, 96.3% at half; README, recipe).
     rotation_degrees: float = 7.5
     zoom: tuple[float, float] = (0.925, 1.075)  # > 1 zooms in
