@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from signs_resnet import ResNet50, convolutional_block, identity_block
-from signs_resnet.model import Bottleneck
+from signs_resnet.model import Bottleneck, PointwiseConv2d
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,20 @@ def test_blocks_keep_the_original_shapes():
     assert block.branch2a[0].stride == (2, 2) and block.branch2b[0].stride == (1, 1)
     with pytest.raises(ValueError):
         identity_block(128, 3, (64, 64, 256))
+
+
+@pytest.mark.parametrize("stride, layout", [(1, torch.channels_last), (2, torch.channels_last),
+                                            (2, torch.contiguous_format)])
+def test_pointwise_convolution_trains_as_the_same_function(stride, layout):
+    conv = PointwiseConv2d(64, 128, 1, stride, bias=False)
+    x = torch.randn(4, 64, 15, 15).contiguous(memory_format=layout).requires_grad_()
+    trained = conv.train()(x)
+    trained.square().sum().backward()
+    gradients = x.grad.clone(), conv.weight.grad.clone()
+    x.grad, conv.weight.grad = None, None
+    reference = torch.nn.functional.conv2d(x, conv.weight, stride=stride)
+    reference.square().sum().backward()
+    assert trained.shape == reference.shape == (4, 128, 8 if stride == 2 else 15, 8 if stride == 2 else 15)
+    assert torch.allclose(trained, reference, atol=1e-5)
+    assert torch.allclose(gradients[0], x.grad, atol=1e-4) and torch.allclose(gradients[1], conv.weight.grad, atol=1e-3)
+    assert torch.allclose(conv.eval()(x), reference, atol=1e-5)

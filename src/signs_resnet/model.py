@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Keras BatchNormalization defaults, kept so weights trained with the original code import exactly.
@@ -17,14 +18,33 @@ STAGES = [
 ]
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution that trains as a matrix product over the pixels.
+
+    The same function as nn.Conv2d (same weight, same state dict), but on CPU the matrix product's
+    backward pass is much faster than the convolution's: the training step takes 20% less time
+    (benchmarks/train_speed.py). In inference mode it stays a convolution, as exporters expect.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        x = x[:, :, ::self.stride[0], ::self.stride[1]]
+        n, channels, height, width = x.shape
+        # channels-last input: the pixels x channels matrix is a view, and so is the result
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, channels), self.weight.view(self.out_channels, channels))
+        return y.view(n, height, width, self.out_channels).permute(0, 3, 1, 2)
+
+
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
     """Convolution ("valid" for 1x1, "same" for f x f at stride 1) followed by batch norm.
 
     The convolution has no bias: batch norm subtracts the mean right after it, so a bias would
     change nothing (a Keras bias is folded into the batch-norm mean on import).
     """
+    conv = PointwiseConv2d if kernel_size == 1 else nn.Conv2d
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
+        conv(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels, eps=BN_EPSILON),
     )
 
