@@ -1,6 +1,6 @@
 """How fast does the model train here, against a plain fp32 eager loop and against the hardware?
 
-    .venv/bin/python benchmarks/train_speed.py [--rounds 5] [--steps 8] [--skip-full] [--data PATH]
+    .venv/bin/python benchmarks/train_speed.py [--rounds 5] [--steps 8] [--skip-full] [--data PATH] [--out DIR]
 
 One run prints:
 1. the matrix-multiply peak of this machine, measured now (fp32 and bf16, 2048^3 products);
@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from signs_resnet import data, train  # noqa: E402
 from signs_resnet.augment import augment  # noqa: E402
-from signs_resnet.model import ResNet50  # noqa: E402
+from signs_resnet.model import PointwiseConv2d, ResNet50  # noqa: E402
 
 BATCH = 32
 EPOCH_IMAGES = 1080
@@ -62,6 +62,10 @@ class Loop:
         torch.manual_seed(0)
         self.ours, self.device = ours, device
         self.model = ResNet50().to(device)
+        if not ours:  # plain convolutions everywhere (ours trains its 1x1 convolutions as matrix products)
+            for module in self.model.modules():
+                if isinstance(module, PointwiseConv2d):
+                    module.__class__ = torch.nn.Conv2d
         if ours:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
@@ -101,10 +105,10 @@ def flops_per_step(images: torch.Tensor, labels: torch.Tensor, device: torch.dev
     return counter.get_total_flops()
 
 
-def full_training(data_path: str | None) -> dict:
+def full_training(data_path: str | None, out: str | None) -> dict:
     """`signs train` with its defaults, in a fresh process: wall time, test accuracy, peak memory."""
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "signs_resnet", "train", "--out", out, "--no-progress"]
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "-m", "signs_resnet", "train", "--out", out or scratch, "--no-progress"]
         if data_path:
             command += ["--data", data_path]
         started = time.perf_counter()
@@ -123,6 +127,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="training steps per measurement")
     parser.add_argument("--data", default=None)
     parser.add_argument("--skip-full", action="store_true", help="skip the full default training")
+    parser.add_argument("--out", help="keep the full training's model and plots in this folder (default: discard)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -157,7 +162,7 @@ def main() -> None:
                "ms_per_step": {k: v * 1000 for k, v in rows.items()}, "speedup": rows["baseline"] / rows["ours"]}
 
     if not args.skip_full:
-        full = full_training(args.data)
+        full = full_training(args.data, args.out)
         print(f"\nfull default training (`signs train`, start-up and evaluation included): "
               f"{full['seconds']:.1f} s wall, test accuracy {full['accuracy']:.2%}, peak memory {full['peak_memory']}")
         figures["full_training"] = full
