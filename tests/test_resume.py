@@ -27,7 +27,10 @@ def train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def start_and_wait_for_epoch(data: Path, out: Path, epoch: int) -> subprocess.Popen:
     """Start training; return once the checkpoint after `epoch` is on disk (metrics.csv is written after it)."""
-    process = subprocess.Popen(train_command(data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a shell without job control starts background commands with SIGINT ignored, and
+    # the test runner may be one; Ctrl-C reaches a user's training with the default disposition.
+    process = subprocess.Popen(train_command(data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         metrics = out / METRICS_FILE

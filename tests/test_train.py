@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from signs_resnet import data, load_model
-from signs_resnet.evaluate import evaluate
+from signs_resnet import data, load_model, predict
+from signs_resnet.evaluate import evaluate, fit_temperature
 from signs_resnet.train import TrainConfig, fit, recalibrate_batch_norm
 
 
@@ -128,3 +128,20 @@ def test_failed_training_does_not_overwrite_an_existing_model(trained, tmp_path)
     result = signs("train", "--data", tmp_path / "bad.h5", "--out", out, "--no-progress")
     assert result.returncode == 2 and "bad.h5" in result.stderr
     assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_fitted_temperature_recovers_an_overconfident_models_scale():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 6, generator=generator) * 2
+    labels = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator).squeeze(1)
+    assert fit_temperature(logits * 3, labels) == pytest.approx(3, rel=0.1)  # 3x too confident
+    assert fit_temperature(logits, labels) == pytest.approx(1, rel=0.1)
+
+
+def test_the_model_carries_the_recipes_temperature(trained):
+    out, summary = trained
+    model = load_model(out / "model.safetensors")
+    assert model.metadata["temperature"] == TrainConfig().temperature == summary["temperature"]
+    logits = model.network(data.scale(data.load_splits(None).test.images[:4])).float()
+    assert torch.allclose(predict(model, data.scale(data.load_splits(None).test.images[:4])),
+                          torch.softmax(logits / model.metadata["temperature"], 1), atol=1e-4)

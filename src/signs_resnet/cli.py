@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    train.add_argument("--temperature", type=float, default=defaults.temperature,
+                       help="softmax temperature stored with the model (fitted instead with --hold-out-validation)")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--precision", choices=["bf16", "fp32"], default=defaults.precision)
     train.add_argument("--no-augment", dest="augment", action="store_false", help="train on the photos as they are")

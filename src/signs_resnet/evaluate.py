@@ -26,6 +26,22 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     return error
 
 
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The softmax temperature T minimising the cross-entropy of logits / T (Guo et al., 2017)."""
+    logits = logits.detach().clone().float()  # a plain tensor, even from inference mode
+    log_temperature = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=100)
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = F.cross_entropy(logits / log_temperature.exp(), labels)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return log_temperature.exp().item()
+
+
 @torch.inference_mode()
 def logits_of(network: torch.nn.Module, dataset: Dataset, device: torch.device | str = "cpu",
               batch_size: int = 256) -> torch.Tensor:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import artifact, data, distributed
 from .augment import augment
-from .evaluate import evaluate, plot_confusion, plot_curves
+from .evaluate import evaluate, fit_temperature, logits_of, plot_confusion, plot_curves
 from .model import ResNet50
 from .predict import save_model
 
@@ -46,6 +46,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    # Softmax temperature stored with the model: label smoothing leaves it under-confident. Fitted on val_signs
+    # for this recipe (README, calibration); refitted on the validation split whenever one is held out.
+    temperature: float = 0.56
     augment: bool = True
     seed: int = 0
     hold_out_validation: bool = False
@@ -250,12 +253,16 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     if not context.is_main:
         return {"rank": context.rank}
     summary: dict[str, Any] = {"train_seconds": time.perf_counter() - started, "peak_memory": peak_memory(device)}
+    temperature = config.temperature
     if splits.val is not None:
-        summary["val"] = evaluate(model, splits.val, device=device)
+        temperature = fit_temperature(logits_of(model, splits.val, device), splits.val.labels)
+        summary["val"] = evaluate(model, splits.val, temperature, device=device)
     if splits.test is not None:
-        summary["test"] = evaluate(model, splits.test, device=device)
+        summary["test"] = evaluate(model, splits.test, temperature, device=device)
     processes = {"processes": context.world_size} if context.enabled else {}
+    summary["temperature"] = temperature
     metadata = {
+        "temperature": temperature,
         "classes": train_set.classes,
         "input_shape": list(input_shape),
         "preprocessing": data.PREPROCESSING,
