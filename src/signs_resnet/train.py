@@ -232,9 +232,7 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
             checkpoint, _ = artifact.encode("checkpoint", state, dataclasses.asdict(config))
             pending = writer.submit(_write_checkpoint, out, checkpoint, list(history))
             saved_epoch = epoch + 1
-    except KeyboardInterrupt:
-        if pending:
-            pending.result()
+    except KeyboardInterrupt:  # `finally` below waits for the checkpoint's write before this leaves _fit
         if saved_epoch:
             raise Interrupted(f"the checkpoint after epoch {saved_epoch} is in {checkpoint_path}; "
                               "continue with --resume") from None
@@ -259,8 +257,8 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
         summary["val"] = evaluate(model, splits.val, temperature, device=device)
     if splits.test is not None:
         summary["test"] = evaluate(model, splits.test, temperature, device=device)
-    processes = {"processes": context.world_size} if context.enabled else {}
     summary["temperature"] = temperature
+    processes = {"processes": context.world_size} if context.enabled else {}
     metadata = {
         "temperature": temperature,
         "classes": train_set.classes,
