@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from signs_resnet import data, train  # noqa: E402
 from signs_resnet.augment import augment  # noqa: E402
-from signs_resnet.model import PointwiseConv2d, ResNet50  # noqa: E402
+from signs_resnet.model import MatmulConv2d, ResNet50  # noqa: E402
 
 BATCH = 32
 EPOCH_IMAGES = 1080
@@ -62,9 +62,9 @@ class Loop:
         torch.manual_seed(0)
         self.ours, self.device = ours, device
         self.model = ResNet50().to(device)
-        if not ours:  # plain convolutions everywhere (ours trains its 1x1 convolutions as matrix products)
+        if not ours:  # plain convolutions everywhere (ours trains some as matrix products)
             for module in self.model.modules():
-                if isinstance(module, PointwiseConv2d):
+                if isinstance(module, MatmulConv2d):
                     module.__class__ = torch.nn.Conv2d
         if ours:
             self.model = self.model.to(memory_format=torch.channels_last)

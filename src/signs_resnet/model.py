@@ -18,22 +18,35 @@ STAGES = [
 ]
 
 
-class PointwiseConv2d(nn.Conv2d):
-    """A 1x1 convolution that trains as a matrix product over the pixels.
+class MatmulConv2d(nn.Conv2d):
+    """A convolution that trains as one matrix product, where that is faster on CPU than oneDNN's convolution.
 
-    The same function as nn.Conv2d (same weight, same state dict), but on CPU the matrix product's
-    backward pass is much faster than the convolution's: the training step takes 20% less time
-    (benchmarks/train_speed.py). In inference mode it stays a convolution, as exporters expect.
+    The same function as nn.Conv2d (same weight, same state dict). 1x1 convolutions always train as a
+    product over the pixels; f x f convolutions do when the feature map is small (stages 4 and 5 at 64x64),
+    by gathering each pixel's f x f neighbourhood into one row (im2col). oneDNN's backward pass is slow on
+    such maps: 18.6 ms against 6.1 ms for a 3x3 convolution of stage 5, and the training step takes 35%
+    less time than with convolutions everywhere (benchmarks/train_speed.py). In inference mode it stays a
+    convolution, as exporters expect.
     """
 
+    # Largest feature map (pixels) on which an f x f convolution trains through im2col; measured crossover.
+    IM2COL_MAX_PIXELS = 16
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        height, width = x.shape[-2:]
+        if not self.training or (self.kernel_size != (1, 1) and height * width > self.IM2COL_MAX_PIXELS):
             return super().forward(x)
-        x = x[:, :, ::self.stride[0], ::self.stride[1]]
-        n, channels, height, width = x.shape
-        # channels-last input: the pixels x channels matrix is a view, and so is the result
-        y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, channels), self.weight.view(self.out_channels, channels))
-        return y.view(n, height, width, self.out_channels).permute(0, 3, 1, 2)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_height, out_width = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        pixels = x.permute(0, 2, 3, 1)  # a view for channels-last input, as is a 1x1 convolution's row matrix
+        rows = [pixels[:, i:i + sh * (out_height - 1) + 1:sh, j:j + sw * (out_width - 1) + 1:sw]
+                for i in range(kh) for j in range(kw)]
+        rows = rows[0] if len(rows) == 1 else torch.cat(rows, dim=3)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)  # same (i, j, channel) order
+        y = F.linear(rows.reshape(-1, weight.shape[1]), weight)
+        return y.view(pixels.shape[0], out_height, out_width, self.out_channels).permute(0, 3, 1, 2)
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
@@ -42,9 +55,8 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int =
     The convolution has no bias: batch norm subtracts the mean right after it, so a bias would
     change nothing (a Keras bias is folded into the batch-norm mean on import).
     """
-    conv = PointwiseConv2d if kernel_size == 1 else nn.Conv2d
     return nn.Sequential(
-        conv(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
+        MatmulConv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels, eps=BN_EPSILON),
     )
 
