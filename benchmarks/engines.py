@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/engines.py [--model FILE] [--batch-sizes 1,2,4,8,16,32] [--seconds 1]
 
 Rows: the training code's forward pass as it is (PyTorch eager fp32, channels_last), then every
-engine the server can run (engines.py). The column "max |dp|" is the largest difference of an
-engine's probabilities from the first row's on the 120 SIGNS test photos. The server's default
-engine (serve.ServeSettings.engine) is this table's winner.
+engine the server can run (engines.py; openvino-int8 needs `signs export --format onnx-int8` first).
+On the 120 SIGNS test photos, "test acc" is an engine's accuracy and "max |dp|" the largest
+difference of its probabilities from the first row's. The server's default engine
+(serve.ServeSettings.engine, auto) picks this table's winner.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--model", default="runs/default/model.safetensors")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--engines", default=",".join(e for e in ENGINES if e != "auto"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     model = load_model(args.model)
@@ -52,14 +53,17 @@ def main() -> None:
     for name in args.engines.split(","):
         engine = load_engine(model, name)
         runs[engine.describe()] = engine.run
-    photos = scale(load_hdf5(TEST_PHOTOS).images)
+    test = load_hdf5(TEST_PHOTOS)
+    photos = scale(test.images)
     reference = predict(model, photos)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per forward pass (images/s)")
-    print(f"{'engine':<24}{'max |dp|':>9}" + "".join(f"{f'batch {b}':>17}" for b in sizes))
+    print(f"{'engine':<24}{'test acc':>9}{'max |dp|':>9}" + "".join(f"{f'batch {b}':>17}" for b in sizes))
     for name, run in runs.items():
         with torch.inference_mode():
-            difference = float((run(photos) - reference).abs().max())
-            row = f"{name:<24}{difference:>9.0e}"
+            probabilities = run(photos)
+            accuracy = float((probabilities.argmax(1) == test.labels).float().mean())
+            difference = float((probabilities - reference).abs().max())
+            row = f"{name:<24}{accuracy:>9.2%}{difference:>9.0e}"
             for size in sizes:
                 seconds = median_seconds(run, torch.rand(size, 3, 64, 64), args.seconds)
                 row += f"{seconds * 1000:>8.2f} ({size / seconds:>5.0f})"

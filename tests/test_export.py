@@ -1,8 +1,9 @@
-"""ONNX export: the `signs export` command, and parity between ONNX Runtime and PyTorch."""
+"""ONNX export: the `signs export` command, parity between ONNX Runtime and PyTorch, the int8 graph and its engine."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from signs_resnet import data
-from signs_resnet.export import (INPUT_NAME, LOGITS_NAME, LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE,
-                                 onnx_session)
-from signs_resnet.predict import load_model, predict
+from signs_resnet.engines import load_engine
+from signs_resnet.export import (INPUT_NAME, INT8_CALIBRATION_IMAGES, INT8_MAX_MEAN_DIFFERENCE, LOGITS_NAME,
+                                 LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE, onnx_session)
+from signs_resnet.predict import load_model, predict, save_model
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +65,58 @@ def test_export_refuses_unknown_formats(model_file, tmp_path):
     with pytest.raises(ValueError, match="unknown export format"):
         export(load_model(model_file), tmp_path / "model.tflite", "tflite")
     assert not list(tmp_path.iterdir())
+
+
+# --- int8 -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_exported(model_file, tmp_path_factory):
+    """A copy of the test model with the int8 graph `signs export --format onnx-int8` writes beside it."""
+    folder = tmp_path_factory.mktemp("int8")
+    model = folder / "model.safetensors"
+    shutil.copy(model_file, model)
+    result = subprocess.run([sys.executable, "-m", "signs_resnet", "export", "--model", str(model),
+                             "--format", "onnx-int8"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "mean |probability difference|" in result.stdout
+    return model, folder / "model.int8.onnx"
+
+
+def test_int8_export_is_a_quantized_graph_of_this_model(int8_exported):
+    model, int8 = int8_exported
+    assert sorted(p.name for p in int8.parent.iterdir()) == ["model.int8.onnx", "model.safetensors"]
+    proto = onnx.load(str(int8))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata["source_checksum"] == load_model(model).checksum
+    assert json.loads(metadata["quantization"])["calibration_images"] == INT8_CALIBRATION_IMAGES
+    assert json.loads(metadata["classes"]) == list("012345")
+    operators = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= operators
+    assert any(w.data_type == onnx.TensorProto.INT8 and w.dims[0] == 2048 for w in proto.graph.initializer)
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME]
+    assert [o.name for o in proto.graph.output][0] == OUTPUT_NAME
+
+
+def test_int8_engine_follows_the_fp32_model_and_auto_picks_it(int8_exported, sample_jpg, signs_jpegs):
+    model = load_model(int8_exported[0])
+    assert load_engine(model, "auto").describe() == "openvino-int8 (int8)"
+    engine = load_engine(model, "openvino-int8")
+    photos = torch.stack([data.prepare_image(p) for p in [sample_jpg, *signs_jpegs]])
+    difference = (engine.run(photos) - predict(model, photos)).abs()
+    assert difference.mean() <= INT8_MAX_MEAN_DIFFERENCE and difference.max() < 0.1, difference
+    assert engine.run(photos[:1]).shape == (1, 6)
+
+
+def test_int8_graph_of_another_model_is_not_used(int8_exported, tmp_path):
+    source, int8 = int8_exported
+    model = load_model(source)
+    with torch.no_grad():
+        model.network.fc.bias.add_(1.0)  # another model: other weights, another checksum
+    other = tmp_path / "model.safetensors"
+    save_model(other, model.network, model.metadata)
+    shutil.copy(int8, tmp_path / "model.int8.onnx")
+    other_model = load_model(other)
+    assert load_engine(other_model, "auto").describe().startswith("openvino (")
+    with pytest.raises(ValueError, match="signs export .* --format onnx-int8"):
+        load_engine(other_model, "openvino-int8")

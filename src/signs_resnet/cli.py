@@ -109,13 +109,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .export import FORMATS, export
     from .predict import load_model
 
     model = load_model(args.model)
-    out = args.out or str(Path(args.model).with_suffix(f".{args.format}"))
-    result = export(model, out, args.format)
+    out = args.out or str(Path(args.model).with_suffix(FORMATS[args.format]))
+    result = export(model, out, args.format, data_path=args.data)
     difference = result["difference"]
+    if args.format == "onnx-int8":
+        clear = difference["clear_images"]
+        same = (f"same class for {difference['agreement']:.1%} of the {clear} the fp32 model is clear about"
+                if clear else "the fp32 model is clear about none of them")
+        print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB); int8 vs the fp32 model on training photos "
+              f"the calibration did not use: {same}, mean |probability difference| "
+              f"{difference['mean_difference']:.1e} (max {difference['max_difference']:.1e})")
+        return 0
     print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB); ONNX Runtime vs PyTorch on random images: "
           f"max |probability difference| {difference['probabilities']:.1e}, "
           f"max |logit difference| / max |logit| {difference['logits']:.1e}")
@@ -209,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export the model for other runtimes (ONNX), with a parity check")
     export.add_argument("--model", required=True)
-    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--format", choices=["onnx", "onnx-int8"], default="onnx",
+                        help="onnx: the fp32 graph; onnx-int8: int8, calibrated on training photos (for --engine "
+                             "openvino-int8)")
+    export.add_argument("--data", help="training data for the int8 calibration (default: $SIGNS_DATA)")
     export.add_argument("--out", help="output file (default: the model's path with the format's suffix)")
     export.set_defaults(run=_export)
 

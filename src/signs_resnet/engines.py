@@ -3,14 +3,18 @@
 Every engine maps float images N x 3 x H x W in [0, 1] (what `data.prepare_image` returns) to class
 probabilities N x classes, for the same trained model:
 
+    auto         openvino-int8 when the model's int8 graph is beside it, else openvino
+    openvino-int8  OpenVINO on the int8 graph `signs export --format onnx-int8` wrote beside the model
+                 (model.int8.onnx, exported from this very model); int8 kernels on AMX/VNNI
     openvino     OpenVINO, converted from the PyTorch model at start-up; on CPUs with AMX or
                  AVX512-BF16 it runs in bfloat16 (its default there), else fp32
     onnx         ONNX Runtime on the exported graph (export.py), fp32
     torch-bf16   PyTorch eager, batch norms folded, bfloat16 weights (autocast)
     torch-fp32   PyTorch eager, the trained network with its batch norms folded into the convolutions
 
-`benchmarks/engines.py` measures them; the server's default is the fastest on our machine. bf16
-probabilities differ from fp32 by up to ~0.04 (mean ~0.001) and agreed on every test photo's class.
+`benchmarks/engines.py` measures them; the server's default (auto) picks the fastest on our machine.
+bf16 and int8 probabilities differ from fp32 by up to ~0.04 (mean ~0.001-0.002) and agreed on every
+test photo's class.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from .predict import LoadedModel, optimize_for_inference, predict
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("openvino", "onnx", "torch-bf16", "torch-fp32")
+ENGINES = ("auto", "openvino-int8", "openvino", "onnx", "torch-bf16", "torch-fp32")
 
 
 @dataclass
 class Engine:
     model: LoadedModel
     name: str
-    precision: str  # what it computes in: "fp32" or "bf16"
+    precision: str  # what it computes in: "fp32", "bf16" or "int8"
     run: Callable[[torch.Tensor], torch.Tensor]  # images N x 3 x H x W in [0, 1] -> probabilities N x classes
 
     def describe(self) -> str:
@@ -47,6 +51,12 @@ def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int
         raise ValueError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)}")
     if threads:
         torch.set_num_threads(threads)
+    if name == "auto":
+        from .export import beside
+
+        name = "openvino-int8" if beside(model, "onnx-int8") else "openvino"
+    if name == "openvino-int8":
+        return _openvino(model, threads, int8=True)
     if name == "openvino":
         return _openvino(model, threads)
     if name == "onnx":
@@ -60,31 +70,38 @@ def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int
     return Engine(model, name, precision, lambda images: predict(fast, images, batch_size, precision))
 
 
-def _openvino(model: LoadedModel, threads: int) -> Engine:
+def _openvino(model: LoadedModel, threads: int, int8: bool = False) -> Engine:
     import openvino
 
-    from .export import probabilities_module
+    from .export import beside, probabilities_module
 
     height, width, channels = model.input_shape
     started = time.perf_counter()
-    with torch.inference_mode(False), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript tracer's deprecation notices
-        converted = openvino.convert_model(probabilities_module(model),
-                                           example_input=torch.rand(1, channels, height, width))
+    if int8:
+        path = beside(model, "onnx-int8")
+        if path is None:
+            raise ValueError(f"{model.path}: no int8 graph of this model beside it; write one with "
+                             f"`signs export --model {model.path} --format onnx-int8`")
+        converted = openvino.Core().read_model(str(path))
+    else:
+        with torch.inference_mode(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript tracer's deprecation notices
+            converted = openvino.convert_model(probabilities_module(model),
+                                               example_input=torch.rand(1, channels, height, width))
     converted.reshape({converted.inputs[0]: openvino.PartialShape([-1, channels, height, width])})
     config = {"PERFORMANCE_HINT": "LATENCY"} | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
     compiled = openvino.Core().compile_model(converted, "CPU", config)
     request = compiled.create_infer_request()
     hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-    precision = "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
-    log.info("converted the model to OpenVINO (%s) in %.1f s", precision, time.perf_counter() - started)
+    precision = "int8" if int8 else "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
+    log.info("compiled the model for OpenVINO (%s) in %.1f s", precision, time.perf_counter() - started)
     probabilities = compiled.outputs[0]
 
     def run(images: torch.Tensor) -> torch.Tensor:
         # the request reuses its output buffer: copy before the next batch overwrites it
         return torch.from_numpy(request.infer({0: images.numpy()})[probabilities].copy())
 
-    return Engine(model, "openvino", precision, run)
+    return Engine(model, "openvino-int8" if int8 else "openvino", precision, run)
 
 
 def warm_up(engine: Engine, max_batch_size: int) -> float:

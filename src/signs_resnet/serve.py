@@ -72,7 +72,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 1  # server processes, each with its own model and batcher
-    engine: str = "openvino"  # see engines.ENGINES; the fastest measured (README, "Inference engine")
+    engine: str = "auto"  # see engines.ENGINES; auto: the fastest measured there is (README, "Inference engine")
     threads: int = 0  # inference threads per process (0: one per core)
     decode_threads: int = 2  # image decoding threads per process
     max_batch_size: int = 32  # images per forward pass
