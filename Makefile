@@ -1,8 +1,9 @@
-# `make run`: set up, train a model if there is none, evaluate it, then serve it on port 5000.
+# `make run`: set up, train a model if there is none (and its int8 graph), evaluate it, then serve it on port 5000.
 # `make test`: set up (including Debian's chromium for the web page test), run the tests.
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL := runs/default/model.safetensors
+INT8 := runs/default/model.int8.onnx
 SAMPLE := ../shared/data/samples/sample.jpg
 CHROMIUM := /usr/bin/chromium
 
@@ -19,6 +20,10 @@ install: $(BIN)/.installed
 $(MODEL): | $(BIN)/.installed
 	$(BIN)/signs train --out $(dir $(MODEL))
 
+# The int8 graph the server's default engine (auto) runs when it sits beside the model.
+$(INT8): $(MODEL)
+	$(BIN)/signs export --model $(MODEL) --format onnx-int8
+
 # The web page test drives Debian's chromium through Playwright (never a downloaded browser).
 browser:
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the web page test"; \
@@ -27,7 +32,7 @@ browser:
 	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
 	  echo "could not install chromium (not root? no apt?): the web page test will be skipped"; }
 
-run: $(BIN)/.installed $(MODEL)
+run: $(BIN)/.installed $(MODEL) $(INT8)
 	$(BIN)/signs evaluate --model $(MODEL)
 	$(BIN)/signs predict --model $(MODEL) $(SAMPLE)
 	$(BIN)/signs serve --model $(MODEL) --port 5000
@@ -35,7 +40,7 @@ run: $(BIN)/.installed $(MODEL)
 test: $(BIN)/.installed browser
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/.installed $(MODEL)
+bench: $(BIN)/.installed $(MODEL) $(INT8)
 	$(BIN)/python benchmarks/serve_load.py --model $(MODEL)
 
 clean:
