@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from conftest import start_server
-from signs_resnet import data
+from signs_resnet import data, serve
 from signs_resnet.engines import load_engine
 from signs_resnet.predict import load_model, predict
 from signs_resnet.serve import PredictResponse, ServeSettings
@@ -102,10 +102,13 @@ def test_a_trained_model_reads_the_sample_as_5(client, sample_jpg):
     assert post_images(client, ("sample.jpg", sample_jpg.read_bytes())).json()["predictions"][0]["label"] == "5"
 
 
-def test_api_preprocessing_is_training_preprocessing(client, sample_jpg, local_model):
-    """The same bytes give the same 64x64 input and the same probabilities as data.prepare_image + predict."""
-    blob = sample_jpg.read_bytes()
-    body = post_images(client, ("sample.jpg", blob), params={"include_image": "true"}).json()
+@pytest.mark.parametrize("photo", ["sample", "small"])
+def test_api_preprocessing_is_training_preprocessing(client, sample_jpg, signs_jpegs, local_model, photo):
+    """The same bytes give the same 64x64 input and the same probabilities as data.prepare_image + predict,
+    whether decoded in a decoding thread (the 1080x1440 sample) or on the event loop (a 64x64 photo)."""
+    blob = (sample_jpg if photo == "sample" else signs_jpegs[2]).read_bytes()
+    assert (Image.open(io.BytesIO(blob)).size[0] ** 2 <= serve.INLINE_DECODE_MAX_PIXELS) == (photo == "small")
+    body = post_images(client, ("photo.jpg", blob), params={"include_image": "true"}).json()
     url = body["results"][0]["image"]
     assert url.startswith("data:image/png;base64,")
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
