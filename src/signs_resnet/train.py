@@ -40,7 +40,7 @@ METRICS_FILE = "metrics.csv"
 class TrainConfig:
     data: str | None = None
     out: str = "runs/default"
-    epochs: int = 18
+    epochs: int = 22
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
