@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from signs_resnet import data, load_model, predict
+from signs_resnet import data, load_model, predict, train
 from signs_resnet.evaluate import evaluate, fit_temperature
 from signs_resnet.train import TrainConfig, fit, recalibrate_batch_norm
 
@@ -16,7 +16,7 @@ from signs_resnet.train import TrainConfig, fit, recalibrate_batch_norm
 def trained(tmp_path_factory, signs_slice):
     out = tmp_path_factory.mktemp("run")
     config = TrainConfig(data=str(signs_slice), out=str(out), epochs=6, batch_size=16, learning_rate=1e-3,
-                         augment=False, label_smoothing=0.0, progress=False)
+                         augment=False, label_smoothing=0.0, progress=False, checkpoint_every_s=0)
     return out, fit(config)
 
 
@@ -26,6 +26,24 @@ def test_training_learns(trained):
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
     assert history[-1]["train_accuracy"] > 0.6  # chance is 1/6
     assert summary["test"]["n"] == 48
+
+
+def test_checkpoints_follow_the_interval_and_metrics_every_epoch(tmp_path, signs_slice):
+    checkpoints = []
+    write_epoch_files = train._write_epoch_files
+
+    def record(folder, checkpoint, history):
+        checkpoints.append(checkpoint is not None)
+        write_epoch_files(folder, checkpoint, history)
+
+    config = TrainConfig(data=str(signs_slice), out=str(tmp_path), epochs=3, batch_size=32, augment=False,
+                         progress=False, checkpoint_every_s=3600)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "_write_epoch_files", record)
+        fit(config)
+    assert checkpoints == [False, False, False] and not (tmp_path / "checkpoint.safetensors").exists()
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 4
+    assert load_model(tmp_path / "model.safetensors").metadata["training"]["checkpoint_every_s"] == 3600
 
 
 def test_training_writes_the_model_metrics_and_plots(trained):

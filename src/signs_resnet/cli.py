@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on train_signs only and report val_signs accuracy every epoch")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, CI)")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors")
+    train.add_argument("--checkpoint-every-s", type=float, default=defaults.checkpoint_every_s,
+                       help="write a checkpoint after the first epoch that ends this many seconds after the "
+                            "previous one; 0: after every epoch (default: %(default)g)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
