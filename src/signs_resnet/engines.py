@@ -23,6 +23,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -51,12 +52,16 @@ def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int
         raise ValueError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)}")
     if threads:
         torch.set_num_threads(threads)
-    if name == "auto":
+    if name in ("auto", "openvino-int8"):
         from .export import beside
 
-        name = "openvino-int8" if beside(model, "onnx-int8") else "openvino"
-    if name == "openvino-int8":
-        return _openvino(model, threads, int8=True)
+        int8 = beside(model, "onnx-int8")
+        if int8:
+            return _openvino(model, threads, int8)
+        if name == "openvino-int8":
+            raise ValueError(f"{model.path}: no int8 graph of this model beside it; write one with "
+                             f"`signs export --model {model.path} --format onnx-int8`")
+        name = "openvino"
     if name == "openvino":
         return _openvino(model, threads)
     if name == "onnx":
@@ -70,19 +75,16 @@ def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int
     return Engine(model, name, precision, lambda images: predict(fast, images, batch_size, precision))
 
 
-def _openvino(model: LoadedModel, threads: int, int8: bool = False) -> Engine:
+def _openvino(model: LoadedModel, threads: int, int8: Path | None = None) -> Engine:
+    """OpenVINO on the int8 graph in file `int8`, or else on the PyTorch model converted now."""
     import openvino
 
-    from .export import beside, probabilities_module
+    from .export import probabilities_module
 
     height, width, channels = model.input_shape
     started = time.perf_counter()
     if int8:
-        path = beside(model, "onnx-int8")
-        if path is None:
-            raise ValueError(f"{model.path}: no int8 graph of this model beside it; write one with "
-                             f"`signs export --model {model.path} --format onnx-int8`")
-        converted = openvino.Core().read_model(str(path))
+        converted = openvino.Core().read_model(str(int8))
     else:
         with torch.inference_mode(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript tracer's deprecation notices
