@@ -95,7 +95,10 @@ def test_int8_export_is_a_quantized_graph_of_this_model(int8_exported):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= operators
     assert any(w.data_type == onnx.TensorProto.INT8 and w.dims[0] == 2048 for w in proto.graph.initializer)
     assert [i.name for i in proto.graph.input] == [INPUT_NAME]
-    assert [o.name for o in proto.graph.output][0] == OUTPUT_NAME
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME, LOGITS_NAME]
+    # the head stays float: logits and probabilities are not rounded to a uint8 grid
+    producers = {output: node.op_type for node in proto.graph.node for output in node.output}
+    assert producers[OUTPUT_NAME] == "Softmax" and producers[LOGITS_NAME] == "Gemm"
 
 
 def test_int8_engine_follows_the_fp32_model_and_auto_picks_it(int8_exported, sample_jpg, signs_jpegs):
