@@ -3,14 +3,14 @@
 Every engine maps float images N x 3 x H x W in [0, 1] (what `data.prepare_image` returns) to class
 probabilities N x classes, for the same trained model:
 
-    auto         openvino-int8 when the model's int8 graph is beside it, else openvino
+    auto           openvino-int8 when the model's int8 graph is beside it, else openvino
     openvino-int8  OpenVINO on the int8 graph `signs export --format onnx-int8` wrote beside the model
-                 (model.int8.onnx, exported from this very model); int8 kernels on AMX/VNNI
-    openvino     OpenVINO, converted from the PyTorch model at start-up; on CPUs with AMX or
-                 AVX512-BF16 it runs in bfloat16 (its default there), else fp32
-    onnx         ONNX Runtime on the exported graph (export.py), fp32
-    torch-bf16   PyTorch eager, batch norms folded, bfloat16 weights (autocast)
-    torch-fp32   PyTorch eager, the trained network with its batch norms folded into the convolutions
+                   (model.int8.onnx, exported from this very model); int8 kernels on AMX/VNNI
+    openvino       OpenVINO, converted from the PyTorch model at start-up; on CPUs with AMX or
+                   AVX512-BF16 it runs in bfloat16 (its default there), else fp32
+    onnx           ONNX Runtime on the exported graph (export.py), fp32
+    torch-bf16     PyTorch eager, batch norms folded, bfloat16 weights (autocast)
+    torch-fp32     PyTorch eager, the trained network with its batch norms folded into the convolutions
 
 `benchmarks/engines.py` measures them; the server's default (auto) picks the fastest on our machine.
 bf16 and int8 probabilities differ from fp32 by up to ~0.04 (mean ~0.001-0.002) and agreed on every

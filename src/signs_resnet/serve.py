@@ -534,19 +534,19 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def classify(prepare: Callable[[], tuple[torch.Tensor, Any]], count: int,
                        inline: bool = False) -> tuple[Any, BatchResult, float]:
         """Run `prepare` (decoding: images and anything else it returns) in a worker thread, or right here
-        when `inline` (small images, see INLINE_DECODE_MAX_PIXELS), then wait for the images' batch. Returns (what
-        else prepare returned, the batch result, decoding seconds)."""
+        when `inline` (small images, see INLINE_DECODE_MAX_PIXELS), then wait for the images' batch.
+        Returns (what else prepare returned, the batch result, decoding seconds)."""
         batcher = ready_batcher()
         batcher.check_capacity(count)  # refuse early, before spending time on decoding
         started = time.perf_counter()
-        batcher.arriving += count
-        try:
-            if inline:
-                images, extra = prepare()
-            else:
+        if inline:  # nothing else runs meanwhile, so the batcher need not know these images are coming
+            images, extra = prepare()
+        else:
+            batcher.arriving += count
+            try:
                 images, extra = await asyncio.get_running_loop().run_in_executor(decoder, prepare)
-        finally:
-            batcher.arriving -= count
+            finally:
+                batcher.arriving -= count
         decode_seconds = time.perf_counter() - started
         return extra, await batcher.submit(images), decode_seconds
 
