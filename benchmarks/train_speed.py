@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from signs_resnet import data, train  # noqa: E402
 from signs_resnet.augment import augment  # noqa: E402
-from signs_resnet.model import MatmulConv2d, ResNet50  # noqa: E402
+from signs_resnet.model import MatmulConv2d, ResNet50, training_layout  # noqa: E402
 
 BATCH = 32
 EPOCH_IMAGES = 1080
@@ -67,7 +67,7 @@ class Loop:
                 if isinstance(module, MatmulConv2d):
                     module.__class__ = torch.nn.Conv2d
         if ours:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = training_layout(self.model)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from signs_resnet import ResNet50, convolutional_block, identity_block
-from signs_resnet.model import Bottleneck, MatmulConv2d
+from signs_resnet.model import Bottleneck, MatmulConv2d, training_layout
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +67,15 @@ def test_blocks_keep_the_original_shapes():
         identity_block(128, 3, (64, 64, 256))
 
 
-@pytest.mark.parametrize("kernel, stride, size, layout", [
-    (1, 1, 15, torch.channels_last), (1, 2, 15, torch.channels_last), (1, 2, 15, torch.contiguous_format),
-    (3, 1, 4, torch.channels_last), (3, 1, 2, torch.channels_last), (3, 2, 4, torch.channels_last),
-    (3, 1, 3, torch.contiguous_format), (3, 1, 15, torch.channels_last)])
-def test_matmul_convolution_trains_as_the_same_function(kernel, stride, size, layout):
-    conv = MatmulConv2d(64, 128, kernel, stride, padding=kernel // 2, bias=False)
+@pytest.mark.parametrize("kernel, stride, size, layout, weight_layout", [
+    (1, 1, 15, torch.channels_last, torch.contiguous_format), (1, 2, 15, torch.channels_last, torch.channels_last),
+    (1, 2, 15, torch.contiguous_format, torch.contiguous_format),
+    (3, 1, 4, torch.channels_last, torch.contiguous_format), (3, 1, 2, torch.channels_last, torch.contiguous_format),
+    (3, 2, 4, torch.channels_last, torch.contiguous_format), (3, 1, 4, torch.channels_last, torch.channels_last),
+    (3, 1, 3, torch.contiguous_format, torch.contiguous_format),
+    (3, 1, 15, torch.channels_last, torch.contiguous_format)])
+def test_matmul_convolution_trains_as_the_same_function(kernel, stride, size, layout, weight_layout):
+    conv = MatmulConv2d(64, 128, kernel, stride, padding=kernel // 2, bias=False).to(memory_format=weight_layout)
     x = torch.randn(4, 64, size, size).contiguous(memory_format=layout).requires_grad_()
     trained = conv.train()(x)
     trained.square().sum().backward()
@@ -86,3 +89,15 @@ def test_matmul_convolution_trains_as_the_same_function(kernel, stride, size, la
     assert torch.allclose(gradients[0], x.grad, atol=1e-3)
     assert torch.allclose(gradients[1], conv.weight.grad, rtol=1e-4, atol=1e-2)
     assert torch.allclose(conv.eval()(x), reference, atol=1e-4)
+
+
+def test_training_layout_keeps_block_weights_contiguous_and_the_function():
+    model = ResNet50().train()
+    x = torch.rand(2, 3, 64, 64)
+    expected = model(x)
+    laid_out = training_layout(model)
+    assert laid_out.stage1[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not laid_out.stage1[1].weight.is_contiguous()
+    assert all(block.branch2b[0].weight.is_contiguous() for stage in (laid_out.stage2, laid_out.stage5)
+               for block in stage)
+    assert torch.allclose(laid_out(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-4)

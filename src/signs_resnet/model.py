@@ -43,10 +43,23 @@ class MatmulConv2d(nn.Conv2d):
         pixels = x.permute(0, 2, 3, 1)  # a view for channels-last input, as is a 1x1 convolution's row matrix
         rows = [pixels[:, i:i + sh * (out_height - 1) + 1:sh, j:j + sw * (out_width - 1) + 1:sw]
                 for i in range(kh) for j in range(kw)]
-        rows = rows[0] if len(rows) == 1 else torch.cat(rows, dim=3)
-        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)  # same (i, j, channel) order
+        rows = rows[0] if len(rows) == 1 else torch.stack(rows, dim=4)
+        weight = self.weight.reshape(self.out_channels, -1)  # same (channel, i, j) order: a view (see training_layout)
         y = F.linear(rows.reshape(-1, weight.shape[1]), weight)
         return y.view(pixels.shape[0], out_height, out_width, self.out_channels).permute(0, 3, 1, 2)
+
+
+def training_layout(model: nn.Module) -> nn.Module:
+    """`model` in the memory layout it trains fastest in: channels-last activations and stem, as oneDNN's
+    kernels want, but the f x f weights of the residual blocks contiguous. The fused AdamW kernel takes
+    twice as long on channels-last parameters (27 against 15 ms per step), and im2col reads contiguous
+    weights without a copy: the training step takes ~4% less (benchmarks/train_speed.py). The 1x1 weights
+    are the same in either layout."""
+    model = model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if isinstance(module, MatmulConv2d) and module.kernel_size != (1, 1):
+            module.weight.data = module.weight.data.contiguous()
+    return model
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import artifact, data, distributed
 from .augment import augment
 from .evaluate import evaluate, fit_temperature, logits_of, plot_confusion, plot_curves
-from .model import ResNet50
+from .model import ResNet50, training_layout
 from .predict import save_model
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     input_shape = (*train_set.images.shape[2:], 3)
-    model = ResNet50(input_shape, len(train_set.classes)).to(device, memory_format=torch.channels_last)
+    model = training_layout(ResNet50(input_shape, len(train_set.classes)).to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=True)
     history: list[dict[str, float]] = []
