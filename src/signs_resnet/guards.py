@@ -4,7 +4,7 @@
                      (before any request object exists: uvicorn's httptools parser has neither limit)
     LimitBody        request bodies over max_upload_bytes -> 413 (by Content-Length, else while streaming)
     RequestTimeout   no answer within the timeout -> 408 while the body is still arriving, else 503
-    api_key_check    prediction routes without the API key -> 401 (a FastAPI dependency)
+    check_api_key    prediction routes without the API key -> 401 (api_key_check: as a FastAPI dependency)
 
 Every refusal is a JSON error in the shape of errors.py.
 """
@@ -196,21 +196,32 @@ class RequestTimeout:
 
 
 def api_key_check(api_key: str):
-    """A FastAPI dependency: 401 unless the request carries `api_key` as `X-API-Key: KEY` or
-    `Authorization: Bearer KEY`, compared in constant time. (Declared through FastAPI's security
-    classes so that /docs offers an Authorize button.)"""
-    expected = api_key.encode()
+    """A FastAPI dependency: 401 unless the request carries `api_key` (see `check_api_key`). (Declared
+    through FastAPI's security classes so that /docs offers an Authorize button.)"""
 
     async def require_api_key(
         header_key: str | None = Security(APIKeyHeader(name="X-API-Key", auto_error=False)),
         bearer: HTTPAuthorizationCredentials | None = Security(HTTPBearer(auto_error=False)),
     ) -> None:
-        supplied = [key for key in (header_key, bearer.credentials if bearer else None) if key]
-        # headers arrive decoded as latin-1, so encoding back gives the bytes that were sent
-        if any(hmac.compare_digest(key.encode("latin-1"), expected) for key in supplied):
-            return
-        reason = "wrong API key" if supplied else "missing API key"
-        raise ApiError(401, "unauthorized", f"{reason}: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
-                       {"WWW-Authenticate": "Bearer"})
+        check_api_key(api_key, header_key, bearer.credentials if bearer else None)
 
     return require_api_key
+
+
+def check_api_key(api_key: str, header_key: str | None, bearer: str | None) -> None:
+    """Raise ApiError 401 unless `X-API-Key: KEY` or `Authorization: Bearer KEY` carried `api_key`
+    (compared in constant time)."""
+    supplied = [key for key in (header_key, bearer) if key]
+    # headers arrive decoded as latin-1, so encoding back gives the bytes that were sent
+    if any(hmac.compare_digest(key.encode("latin-1"), api_key.encode()) for key in supplied):
+        return
+    reason = "wrong API key" if supplied else "missing API key"
+    raise ApiError(401, "unauthorized", f"{reason}: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+                   {"WWW-Authenticate": "Bearer"})
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The KEY of an `Authorization: Bearer KEY` header (as FastAPI's HTTPBearer reads it), else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
@@ -235,11 +236,13 @@ def inputs_of(body: bytes, model: LoadedModel, settings: ServeSettings) -> tuple
     raise ApiError(400, "invalid_datatype", f"datatype must be FP32 or BYTES, got {tensor.datatype!r}")
 
 
-def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus the infer request model, which the route parses itself (off the event loop)."""
+def openapi_schema(app: FastAPI, documented: list[APIRoute]) -> dict[str, Any]:
+    """FastAPI's schema of the app's routes and of `documented` (routes served by plain Starlette routes),
+    plus the infer request model, which the route parses itself (off the event loop)."""
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=[*app.routes, *documented])
     infer = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(infer.pop("$defs", {}))
