@@ -14,7 +14,8 @@ import torch
 from signs_resnet import data
 from signs_resnet.engines import load_engine
 from signs_resnet.export import (INPUT_NAME, INT8_CALIBRATION_IMAGES, INT8_MAX_MEAN_DIFFERENCE, LOGITS_NAME,
-                                 LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE, onnx_session)
+                                 LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE, onnx_session, subsampled_strides)
+from signs_resnet.model import ResNet50
 from signs_resnet.predict import load_model, predict, save_model
 
 
@@ -99,6 +100,24 @@ def test_int8_export_is_a_quantized_graph_of_this_model(int8_exported):
     # the head stays float: logits and probabilities are not rounded to a uint8 grid
     producers = {output: node.op_type for node in proto.graph.node for output in node.output}
     assert producers[OUTPUT_NAME] == "Softmax" and producers[LOGITS_NAME] == "Gemm"
+    # strided 1x1 convolutions come as a subsampling and a 1x1 convolution: only the stem's 7x7 has a stride
+    strides = [[a.ints for a in node.attribute if a.name == "strides"] for node in proto.graph.node
+               if node.op_type == "Conv"]
+    assert sum(any(s != 1 for s in stride[0]) for stride in strides if stride) == 1
+    assert sum(node.op_type == "Slice" for node in proto.graph.node) == 6
+
+
+def test_subsampled_strides_compute_the_same_function():
+    network = ResNet50().eval()
+    rewritten = subsampled_strides(network)
+
+    def strided(net):
+        return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
+                and m.stride != (1, 1)]
+    assert len(strided(network)) == 6 and strided(rewritten) == []
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(rewritten(images), network(images), rtol=1e-5, atol=1e-6)
 
 
 def test_int8_engine_follows_the_fp32_model_and_auto_picks_it(int8_exported, sample_jpg, signs_jpegs):
