@@ -290,6 +290,11 @@ def main() -> None:
                 ratio = f"{m['rps'] / median_of(results['baseline'][concurrency])['rps']:.1f}x"
             print(f"{name:<9}{concurrency:>6}{m['rps']:>9.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['p99']:>9.2f}"
                   f"{m['errors']:>8.0f}{ratio:>13}".rstrip())
+    if "baseline" in results:  # each server at its best level: the throughput each design can deliver
+        peaks = {name: max((median_of(results[name][c])["rps"], c) for c in levels) for name in servers}
+        (ours_rps, ours_c), (base_rps, base_c) = peaks["ours"], peaks["baseline"]
+        print(f"\npeak throughput: ours {ours_rps:.1f} req/s (concurrency {ours_c}), baseline {base_rps:.1f} req/s "
+              f"(concurrency {base_c}): {ours_rps / base_rps:.1f}x")
 
 
 if __name__ == "__main__":
