@@ -290,8 +290,9 @@ def main() -> None:
                 ratio = f"{m['rps'] / median_of(results['baseline'][concurrency])['rps']:.1f}x"
             print(f"{name:<9}{concurrency:>6}{m['rps']:>9.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['p99']:>9.2f}"
                   f"{m['errors']:>8.0f}{ratio:>13}".rstrip())
-    if "baseline" in results:  # each server at its best level: the throughput each design can deliver
-        peaks = {name: max((median_of(results[name][c])["rps"], c) for c in levels) for name in servers}
+    if "baseline" in results:  # each server at its best error-free level: the throughput each design delivers
+        peaks = {name: max(((m["rps"], c) for c in levels if not (m := median_of(results[name][c]))["errors"]),
+                           default=(float("nan"), None)) for name in servers}
         (ours_rps, ours_c), (base_rps, base_c) = peaks["ours"], peaks["baseline"]
         print(f"\npeak throughput: ours {ours_rps:.1f} req/s (concurrency {ours_c}), baseline {base_rps:.1f} req/s "
               f"(concurrency {base_c}): {ours_rps / base_rps:.1f}x")

@@ -119,6 +119,14 @@ def test_api_preprocessing_is_training_preprocessing(client, sample_jpg, signs_j
     assert_same_probabilities(body["predictions"], as_trained, local_model.classes, BF16_TOLERANCE)
 
 
+@pytest.mark.parametrize("flag, included", [("True", True), ("y", True), ("1", True), ("on", True),
+                                             ("f", False), ("No", False), ("0", False), (None, False)])
+def test_include_image_reads_booleans_as_fastapi_does(client, signs_jpegs, flag, included):
+    params = {} if flag is None else {"include_image": flag}
+    body = post_images(client, ("photo.jpg", signs_jpegs[0].read_bytes()), params=params).json()
+    assert ("image" in body["results"][0]) == included
+
+
 def test_several_images_in_one_request(client, sample_jpg, signs_jpegs, local_model):
     files = [("sample.jpg", sample_jpg.read_bytes())] + [(p.name, p.read_bytes()) for p in signs_jpegs[:3]]
     response = post_images(client, *files)
@@ -167,6 +175,8 @@ def bad_requests(sample: bytes) -> dict[str, tuple]:
         "over the size limit, streamed": ("POST", "/predict", {  # chunked: no Content-Length to check up front
             "content": streamed_upload(11 * 2**20), "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}},
                                           413, "payload_too_large"),
+        "boundary over 256 bytes": ("POST", "/predict", {"content": b"--" + b"b" * 300 + b"\r\n", "headers": {
+            "Content-Type": "multipart/form-data; boundary=" + "b" * 300}}, 400, "malformed_multipart"),
         "wrong content type": ("POST", "/predict", {"json": {"image": "sample.jpg"}}, 415, "unsupported_media_type"),
         "no content type": ("POST", "/predict", {"content": sample}, 415, "unsupported_media_type"),
         "unsupported method": ("GET", "/predict", {}, 405, "method_not_allowed"),

@@ -67,12 +67,12 @@ class _Subsampled(torch.nn.Module):
 
     def __init__(self, conv: torch.nn.Conv2d):
         super().__init__()
-        self.stride = conv.stride
-        self.conv = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
-        self.conv.load_state_dict(conv.state_dict())
+        self.step = conv.stride
+        self.conv = conv
+        conv.stride = (1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x[:, :, ::self.stride[0], ::self.stride[1]])
+        return self.conv(x[:, :, ::self.step[0], ::self.step[1]])
 
 
 def subsampled_strides(network: torch.nn.Module) -> torch.nn.Module:

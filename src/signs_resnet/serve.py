@@ -428,7 +428,7 @@ class PlainRoute(Route):
     """A Starlette route that, like FastAPI's, tells the middleware which route it is (scope["route"]),
     so that Observe counts its requests under its path."""
 
-    def matches(self, scope):
+    def matches(self, scope: dict[str, Any]) -> tuple[Match, dict[str, Any]]:
         match, child_scope = super().matches(scope)
         if match != Match.NONE:
             child_scope["route"] = self
@@ -455,15 +455,16 @@ def _png_data_url(image: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+_FLAGS = {word: value for value, words in ((True, ("true", "t", "yes", "y", "on", "1")),
+                                           (False, ("false", "f", "no", "n", "off", "0"))) for word in words}
+
+
 def _query_flag(request: Request, name: str) -> bool:
-    """A boolean query parameter, read as FastAPI would (true/false, 1/0, yes/no, on/off); absent: false."""
-    raw = request.query_params.get(name, "false").lower()
-    if raw not in _FLAGS:
+    """A boolean query parameter, read as FastAPI reads one (the words of _FLAGS, any case); absent: false."""
+    raw = request.query_params.get(name, "false")
+    if raw.lower() not in _FLAGS:
         raise ApiError(400, "invalid_request", f"query.{name}: {raw!r} is not a boolean (true or false)")
-    return _FLAGS[raw]
-
-
-_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+    return _FLAGS[raw.lower()]
 
 
 def decode_error(index: int, name: str | None, error: ImageError) -> ApiError:
@@ -633,10 +634,11 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         }
         return JSONResponse(body)
 
-    # The hot path is a plain Starlette route, first in the list: FastAPI's per-request parameter solving
-    # and response handling took a quarter of the server's time per small upload (benchmarks/serve_load.py
-    # --noop-engine). FastAPI still documents it, from the same function and PREDICT_DOCS.
-    app.router.routes.insert(0, PlainRoute("/predict", predict_route, methods=["POST"], include_in_schema=False))
+    # The hot path is a plain Starlette route, first in the list: with FastAPI's per-request parameter
+    # solving and Starlette's form parsing (see uploads.py) it took a fifth more of the event loop's time
+    # per small upload (benchmarks/serve_load.py --noop-engine: 1,450 against 1,850 requests/s). FastAPI
+    # still documents it, from the same function and PREDICT_DOCS.
+    app.router.routes.insert(0, PlainRoute("/predict", predict_route, methods=["POST"]))
     documented = [APIRoute("/predict", predict_route, methods=["POST"], response_model=PredictResponse,
                            response_model_exclude_none=True, openapi_extra=PREDICT_DOCS, responses=errors,
                            dependencies=protected)]
