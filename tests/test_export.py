@@ -14,7 +14,7 @@ import torch
 from signs_resnet import data
 from signs_resnet.engines import load_engine
 from signs_resnet.export import (INPUT_NAME, INT8_CALIBRATION_IMAGES, INT8_MAX_MEAN_DIFFERENCE, LOGITS_NAME,
-                                 LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE, onnx_session, subsampled_strides)
+                                 LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE, onnx_session, openvino_form)
 from signs_resnet.model import ResNet50
 from signs_resnet.predict import load_model, predict, save_model
 
@@ -105,19 +105,32 @@ def test_int8_export_is_a_quantized_graph_of_this_model(int8_exported):
                if node.op_type == "Conv"]
     assert sum(any(s != 1 for s in stride[0]) for stride in strides if stride) == 1
     assert sum(node.op_type == "Slice" for node in proto.graph.node) == 6
+    # stage 5's 3x3 convolutions as whole-map products (Gemm after graph clean-up), int8 in and int8 weights
+    dequantized = {node.output[0] for node in proto.graph.node if node.op_type == "DequantizeLinear"}
+    gemms = [node for node in proto.graph.node if node.op_type == "Gemm" and LOGITS_NAME not in node.output]
+    assert len(gemms) == 3 and all(set(node.input[:2]) <= dequantized for node in gemms)
+    head = next(node for node in proto.graph.node if LOGITS_NAME in node.output)
+    assert head.input[1] not in dequantized  # the dense layer keeps float weights
 
 
-def test_subsampled_strides_compute_the_same_function():
+def test_openvino_form_computes_the_same_function():
     network = ResNet50().eval()
-    rewritten = subsampled_strides(network)
+    generator = torch.Generator().manual_seed(0)
+    for norm in (m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics to fold
+        for tensor in (norm.weight.data, norm.bias.data, norm.running_mean):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+        norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=generator) + 0.5)
+    rewritten = openvino_form(network, (64, 64, 3))
 
     def strided(net):
         return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
                 and m.stride != (1, 1)]
     assert len(strided(network)) == 6 and strided(rewritten) == []
-    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    whole_map = [m for m in rewritten.modules() if type(m).__name__ == "_WholeMapProduct"]
+    assert [m.shape for m in whole_map] == [(512, 2, 2)] * 3  # stage 5's 3x3 convolutions
+    images = torch.rand(4, 3, 64, 64, generator=generator)
     with torch.inference_mode():
-        torch.testing.assert_close(rewritten(images), network(images), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rewritten(images), network(images), rtol=1e-4, atol=1e-4)
 
 
 def test_int8_engine_follows_the_fp32_model_and_auto_picks_it(int8_exported, sample_jpg, signs_jpegs):

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import logging
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import artifact, data
 from .predict import LoadedModel, predict
@@ -42,12 +45,12 @@ INT8_MIN_AGREEMENT = 0.99  # share of photos given the same class (of those the 
 INT8_CLEAR_MARGIN = 0.2  # top-two probability gap that makes a photo "clear"
 INT8_MAX_MEAN_DIFFERENCE = 0.01  # mean absolute probability difference
 INT8_CALIBRATION_IMAGES = 256
-HEAD_OPERATORS = ("Gemm", "Div", "Softmax")  # dense layer, temperature, softmax: left in float by the quantizer
+HEAD_OPERATORS = ("Div", "Softmax")  # temperature, softmax: left in float by the quantizer, as is the dense layer
 FORMATS = {"onnx": ".onnx", "onnx-int8": ".int8.onnx"}  # format -> suffix of the file beside the model
 
 
-class _Probabilities(torch.nn.Module):
-    def __init__(self, network: torch.nn.Module, temperature: float):
+class _Probabilities(nn.Module):
+    def __init__(self, network: nn.Module, temperature: float):
         super().__init__()
         self.network = network
         self.temperature = temperature
@@ -57,15 +60,21 @@ class _Probabilities(torch.nn.Module):
         return torch.softmax(logits / self.temperature, dim=1), logits
 
 
-def probabilities_module(model: LoadedModel) -> torch.nn.Module:
+def probabilities_module(model: LoadedModel) -> nn.Module:
     """The whole prediction step as one module: images -> (probabilities, logits)."""
     return _Probabilities(model.network, float(model.metadata.get("temperature", 1.0))).eval()
 
 
-class _Subsampled(torch.nn.Module):
+# f x f convolutions on feature maps this small (stage 5's 2x2 at 64x64 input) run as one matrix product
+# over the whole map in the int8 graph (see openvino_form). Stage 4's 4x4 maps would need 16x16-pixel
+# weights: 6 times the parameters, 1.8 times the products.
+WHOLE_MAP_MAX_PIXELS = 4
+
+
+class _Subsampled(nn.Module):
     """A strided 1x1 convolution written as what it computes: every stride-th pixel, then a 1x1 convolution."""
 
-    def __init__(self, conv: torch.nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.step = conv.stride
         self.conv = conv
@@ -75,28 +84,82 @@ class _Subsampled(torch.nn.Module):
         return self.conv(x[:, :, ::self.step[0], ::self.step[1]])
 
 
-def subsampled_strides(network: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `network` computing the same function, with each strided 1x1 convolution (the first and
-    the shortcut convolution of the stride-2 blocks) as a subsampling then a 1x1 convolution. OpenVINO's CPU
-    plugin rewrites strided 1x1 convolutions into a pooling and a convolution, and then ran those six in
-    bf16 instead of int8, one of them 2 ms of a 13 ms batch; in this form all run in int8 (13.6 -> 11.0 ms
-    per batch of 32). ONNX Runtime's fp32 graph runs 3% slower in this form, so only the int8 graph has it."""
-    network = copy.deepcopy(network)
+class _WholeMapProduct(nn.Module):
+    """A "same" f x f convolution and its batch norm (inference statistics) on an H x W map, as one matrix
+    product over the whole map: output pixel (i, j) of channel o sums, over input channels c and pixels
+    (k, l), kernel[o, c, k - i + f // 2, l - j + f // 2] * x[c, k, l] wherever that tap exists."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d, height: int, width: int):
+        super().__init__()
+        kernel = conv.weight.detach().float()
+        out_channels, in_channels, kernel_height, kernel_width = kernel.shape
+        weight = kernel.new_zeros(out_channels, height, width, in_channels, height, width)
+        for i, j, k, l in itertools.product(range(height), range(width), repeat=2):
+            di, dj = k - i + kernel_height // 2, l - j + kernel_width // 2
+            if 0 <= di < kernel_height and 0 <= dj < kernel_width:
+                weight[:, i, j, :, k, l] = kernel[:, :, di, dj]
+        scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach()
+        shift = (norm.bias - norm.running_mean * scale).detach()
+        self.weight = nn.Parameter((weight * scale.view(-1, 1, 1, 1, 1, 1)).reshape(out_channels * height * width, -1))
+        self.bias = nn.Parameter(shift.repeat_interleave(height * width))
+        self.shape = (out_channels, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) @ self.weight.T + self.bias).view(-1, *self.shape)
+
+
+def openvino_form(network: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
+    """A copy of `network` (in inference mode) computing the same function in the form OpenVINO's int8
+    kernels run fastest, measured with its per-layer profile and alternating timings (batch 32):
+
+    - each strided 1x1 convolution (the first and the shortcut convolution of the stride-2 blocks) as a
+      subsampling then a 1x1 convolution. OpenVINO's CPU plugin rewrites a strided 1x1 convolution into
+      a pooling and a convolution, and then ran those six in bf16 with dequantized weights, one of them
+      2.2 ms of a 13 ms batch: in this form all run in int8 (13.6 -> 11.0 ms per batch);
+    - each f x f convolution on a map of at most WHOLE_MAP_MAX_PIXELS pixels (stage 5's 2x2), with its batch
+      norm, as one matrix product over the map (_WholeMapProduct): as a convolution it computes 9 taps per
+      pixel of which 5 read padding, at 0.7 ms each; as a product 0.17 ms (10.0 -> 8.1 ms per batch; batch 1
+      1.35 -> 1.5 ms, its larger weights read once per image).
+
+    ONNX Runtime's fp32 graph runs 3% slower with the first change, so only the int8 graph has this form."""
+    network = copy.deepcopy(network).eval()
+    sizes = _input_sizes(network, input_shape)
     for module in list(network.modules()):
         for name, child in list(module.named_children()):
-            if (isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1) and child.stride != (1, 1)
-                    and child.padding == (0, 0) and child.dilation == (1, 1) and child.groups == 1):
+            if isinstance(child, nn.Conv2d) and _plain(child) and child.kernel_size == (1, 1) and child.stride != (1, 1):
                 setattr(module, name, _Subsampled(child))
+            elif (isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(child[0], nn.Conv2d)
+                  and isinstance(child[1], nn.BatchNorm2d) and _plain(child[0]) and child[0].stride == (1, 1)
+                  and child[0].padding == tuple(k // 2 for k in child[0].kernel_size)
+                  and child[0].kernel_size != (1, 1) and math.prod(sizes[child[0]]) <= WHOLE_MAP_MAX_PIXELS):
+                setattr(module, name, _WholeMapProduct(child[0], child[1], *sizes[child[0]]))
     return network
 
 
-def export_onnx(model: LoadedModel, subsample_strides: bool = False) -> bytes:
+def _plain(conv: nn.Conv2d) -> bool:
+    return conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
+
+
+def _input_sizes(network: nn.Module, input_shape: tuple[int, int, int]) -> dict[nn.Module, tuple[int, int]]:
+    """Height and width of each convolution's input, for one image of `input_shape` (H, W, C)."""
+    sizes = {}
+    hooks = [module.register_forward_pre_hook(lambda module, args: sizes.__setitem__(module, tuple(args[0].shape[-2:])))
+             for module in network.modules() if isinstance(module, nn.Conv2d)]
+    height, width, channels = input_shape
+    with torch.inference_mode():
+        network(torch.zeros(1, channels, height, width))
+    for hook in hooks:
+        hook.remove()
+    return sizes
+
+
+def export_onnx(model: LoadedModel, for_openvino_int8: bool = False) -> bytes:
     """The model as an ONNX file (bytes): `input` N x 3 x H x W float32 -> `probabilities`, `logits`; with
-    `subsample_strides`, strided 1x1 convolutions written as in `subsampled_strides`."""
+    `for_openvino_int8`, the network in `openvino_form`."""
     height, width, channels = model.input_shape
     module = probabilities_module(model)
-    if subsample_strides:
-        module.network = subsampled_strides(module.network)
+    if for_openvino_int8:
+        module.network = openvino_form(module.network, model.input_shape)
     example = torch.rand(2, channels, height, width)
     with _quiet("onnxscript", "onnx_ir", "torch.onnx"), torch.inference_mode(False):
         program = torch.onnx.export(
@@ -188,7 +251,8 @@ def quantize_int8(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
         quant_pre_process(source, prepared)  # shape inference and graph clean-up, as the quantizer expects
         # The head (dense layer, temperature, softmax) stays float: quantized, the probabilities would come
         # in steps of 1/255 and the logits in steps of their range / 255. It is 0.002% of the computation.
-        head = [node.name for node in onnx.load(prepared).graph.node if node.op_type in HEAD_OPERATORS]
+        head = [node.name for node in onnx.load(prepared).graph.node
+                if node.op_type in HEAD_OPERATORS or LOGITS_NAME in node.output]
         quantize_static(prepared, quantized, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=head)
         proto = onnx.load(quantized)
@@ -242,7 +306,7 @@ def export(model: LoadedModel, out: str | Path, format: str = "onnx", check: boo
     which reads the training split from `data_path`, default: the SIGNS data)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; supported: {', '.join(FORMATS)}")
-    onnx_bytes = export_onnx(model, subsample_strides=format == "onnx-int8")
+    onnx_bytes = export_onnx(model, for_openvino_int8=format == "onnx-int8")
     result: dict[str, Any] = {"path": str(out), "format": format}
     if format == "onnx-int8":
         photos = _training_photos(data_path)
