@@ -634,10 +634,10 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         }
         return JSONResponse(body)
 
-    # The hot path is a plain Starlette route, first in the list: with FastAPI's per-request parameter
-    # solving and Starlette's form parsing (see uploads.py) it took a fifth more of the event loop's time
-    # per small upload (benchmarks/serve_load.py --noop-engine: 1,450 against 1,850 requests/s). FastAPI
-    # still documents it, from the same function and PREDICT_DOCS.
+    # The hot path is a plain Starlette route, first in the list: FastAPI's per-request parameter solving
+    # and Starlette's form parsing (see uploads.py) took a fifth of the event loop's time per small upload
+    # (benchmarks/serve_load.py --noop-engine: 1,450 requests/s with them, 1,850 without). FastAPI still
+    # documents the route, from the same function and PREDICT_DOCS.
     app.router.routes.insert(0, PlainRoute("/predict", predict_route, methods=["POST"]))
     documented = [APIRoute("/predict", predict_route, methods=["POST"], response_model=PredictResponse,
                            response_model_exclude_none=True, openapi_extra=PREDICT_DOCS, responses=errors,
