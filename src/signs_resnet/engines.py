@@ -88,7 +88,7 @@ def _openvino(model: LoadedModel, threads: int, int8: Path | None = None) -> Eng
     else:
         with torch.inference_mode(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript tracer's deprecation notices
-            converted = openvino.convert_model(probabilities_module(model),
+            converted = openvino.convert_model(probabilities_module(model, for_openvino=True),
                                                example_input=torch.rand(1, channels, height, width))
     converted.reshape({converted.inputs[0]: openvino.PartialShape([-1, channels, height, width])})
     config = {"PERFORMANCE_HINT": "LATENCY"} | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
