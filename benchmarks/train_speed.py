@@ -4,10 +4,11 @@
 
 One run prints:
 1. the matrix-multiply peak of this machine, measured now (fp32 and bf16, 2048^3 products);
-2. one training step at batch 32, our step (train.train_one_epoch's: bf16 autocast on CPU AMX / GPU, channels
-   last, fused AdamW, batched augmentation) against the plain baseline (fp32, NCHW, torch.optim.Adam, no
-   augmentation), alternated in rounds so machine noise hits both alike: medians, images/s, s/epoch, ratio;
-   the achieved TFLOP/s (FLOPs counted by torch.utils.flop_counter) against the bf16 peak;
+2. one training step at batch 32, our step (train.train_one_epoch's: the default precision, which is bf16
+   autocast on GPUs and CPUs with AMX or AVX512-BF16 and fp32 elsewhere, channels last, fused AdamW, batched
+   augmentation) against the plain baseline (fp32, NCHW, torch.optim.Adam, no augmentation), alternated in
+   rounds so machine noise hits both alike: medians, images/s, s/epoch, ratio; the achieved TFLOP/s (FLOPs
+   counted by torch.utils.flop_counter) against the measured peak of the faster dtype;
 3. the full default training (`signs train`, as `make run` does it) in a subprocess: wall time, test
    accuracy and peak memory (max RSS on CPU, max allocated on GPU).
 """
@@ -58,9 +59,10 @@ def synchronize(device: torch.device) -> None:
 class Loop:
     """A model, its optimizer and a step function, on fixed real training photos."""
 
-    def __init__(self, ours: bool, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
+    def __init__(self, ours: bool, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                 precision: str = "fp32"):
         torch.manual_seed(0)
-        self.ours, self.device = ours, device
+        self.ours, self.device, self.precision = ours, device, precision
         self.model = ResNet50().to(device)
         if not ours:  # plain convolutions everywhere (ours trains some as matrix products)
             for module in self.model.modules():
@@ -79,7 +81,7 @@ class Loop:
         x, y = self.images[index], self.labels[index]
         if self.ours:
             x = augment(train.to_input(x), self.generator)
-            with train.autocast(self.device, "bf16"):
+            with train.autocast(self.device, self.precision):
                 logits = self.model(x)
         else:
             logits = self.model(data.scale(x))
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the full default training")
     parser.add_argument("--out", help="keep the full training's model and plots in this folder (default: discard)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    parser.add_argument("--other-precision", action="store_true",
+                        help="also time our step in the precision the default does not choose here")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -136,11 +140,16 @@ def main() -> None:
 
     peak_fp32, peak_bf16 = matmul_peak(torch.float32, device), matmul_peak(torch.bfloat16, device)
     print(f"matmul peak (2048^3, measured now): fp32 {peak_fp32:.2f} TFLOP/s, bf16 {peak_bf16:.2f} TFLOP/s")
+    peak = max(peak_fp32, peak_bf16)
 
     train_set = data.load_splits(args.data).train
     flops = flops_per_step(train_set.images, train_set.labels, device)
+    precision = train.resolve_precision(train.TrainConfig().precision, device)
     loops = {"baseline": Loop(False, train_set.images, train_set.labels, device),
-             "ours": Loop(True, train_set.images, train_set.labels, device)}
+             "ours": Loop(True, train_set.images, train_set.labels, device, precision)}
+    other = {"bf16": "fp32", "fp32": "bf16"}[precision]
+    if args.other_precision:
+        loops["other"] = Loop(True, train_set.images, train_set.labels, device, other)
     for loop in loops.values():  # warm-up: allocator, oneDNN kernel selection
         loop.seconds_per_step(3)
     times: dict[str, list[float]] = {name: [] for name in loops}
@@ -151,15 +160,18 @@ def main() -> None:
 
     print(f"\ntraining step, batch {BATCH}, {flops / 1e9:.0f} GFLOP per step (forward + backward), "
           f"medians of {args.rounds} x {args.steps} steps")
-    print("| loop | ms/step | images/s | s/epoch (1080 images) | TFLOP/s | of bf16 peak | vs baseline |")
+    print("| loop | ms/step | images/s | s/epoch (1080 images) | TFLOP/s | of peak | vs baseline |")
     print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    labels = {"baseline": "plain fp32 eager (NCHW, Adam)", "ours": "ours (bf16, channels-last, fused AdamW, aug.)"}
+    labels = {"baseline": "plain fp32 eager (NCHW, Adam)",
+              "ours": f"ours ({precision}, channels-last, fused AdamW, aug.)",
+              "other": f"ours in {other} (not the default here)"}
     for key, seconds in rows.items():
         tflops = flops / seconds / 1e12
         print(f"| {labels[key]} | {seconds * 1000:.0f} | {BATCH / seconds:.0f} | {EPOCH_IMAGES / BATCH * seconds:.1f} "
-              f"| {tflops:.2f} | {tflops / peak_bf16:.0%} | {rows['baseline'] / seconds:.2f}x |")
+              f"| {tflops:.2f} | {tflops / peak:.0%} | {rows['baseline'] / seconds:.2f}x |")
     figures = {"device": name, "peak_tflops": {"fp32": peak_fp32, "bf16": peak_bf16}, "gflop_per_step": flops / 1e9,
-               "ms_per_step": {k: v * 1000 for k, v in rows.items()}, "speedup": rows["baseline"] / rows["ours"]}
+               "ms_per_step": {k: v * 1000 for k, v in rows.items()}, "speedup": rows["baseline"] / rows["ours"],
+               "precision": precision}
 
     if not args.skip_full:
         full = full_training(args.data, args.out)

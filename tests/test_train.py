@@ -163,3 +163,27 @@ def test_the_model_carries_the_recipes_temperature(trained):
     logits = model.network(data.scale(data.load_splits(None).test.images[:4])).float()
     assert torch.allclose(predict(model, data.scale(data.load_splits(None).test.images[:4])),
                           torch.softmax(logits / model.metadata["temperature"], 1), atol=1e-4)
+
+
+@pytest.mark.parametrize("capabilities, expected", [
+    ({"amx_bf16": True, "avx512_bf16": True}, "bf16"),
+    ({"amx_bf16": False, "avx512_bf16": True}, "bf16"),
+    ({"amx_bf16": False, "avx512_bf16": False, "avx512_f": True}, "fp32"),  # bf16 emulated: slower than fp32
+    ({"architecture": "arm64", "neon": True}, "fp32"),
+])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert train.resolve_precision("auto", torch.device("cpu")) == expected
+    assert train.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert train.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be"):
+        train.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_the_model_records_the_precision_it_trained_in(trained):
+    out, _ = trained
+    recorded = load_model(out / "model.safetensors").metadata["training"]["precision"]
+    assert recorded == train.resolve_precision("auto", torch.device("cpu")) and recorded in ("bf16", "fp32")

@@ -55,7 +55,8 @@ class TrainConfig:
     # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch).
     # Each costs about a second of training (280 MB encoded and written); one per 7-s epoch took 13% of it.
     checkpoint_every_s: float = 30.0
-    precision: str = "bf16"  # "bf16" (autocast) or "fp32"
+    # "bf16" (autocast), "fp32", or "auto": bf16 where the hardware computes it natively, else fp32 (resolve_precision)
+    precision: str = "auto"
     progress: bool = True
     resume: bool = False
 
@@ -71,6 +72,24 @@ def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per
         return config.learning_rate * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" on a GPU with bfloat16 and on CPUs with AMX or AVX512-BF16, else "fp32".
+
+    Without those instructions oneDNN emulates bf16: on a 2-core Ice Lake Xeon (AVX-512, no AMX) a bf16 matrix
+    product ran at 0.06 TFLOP/s against 0.24 in fp32, and a bf16 training step took 2.2x as long as an fp32
+    one (README, training speed); with AMX bf16 is the faster one, by 1.4x per step.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    capabilities = torch.cpu.get_capabilities()
+    native_bf16 = capabilities.get("amx_bf16", False) or capabilities.get("avx512_bf16", False)
+    return "bf16" if native_bf16 else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -180,6 +199,9 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 
 def _fit(config: TrainConfig, context: distributed.Context, device: torch.device) -> dict[str, Any]:
     started = time.perf_counter()
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
+    if context.is_main:
+        log.info("training on %s in %s", device.type, config.precision)
     out = Path(config.out)
     splits = data.load_splits(config.data, config.hold_out_validation)
     if splits.train is None:
