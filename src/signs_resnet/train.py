@@ -78,7 +78,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> "bf16" on a GPU with bfloat16 and on CPUs with AMX or AVX512-BF16, else "fp32".
 
     Without those instructions oneDNN emulates bf16: on a 2-core Ice Lake Xeon (AVX-512, no AMX) a bf16 matrix
-    product ran at 0.06 TFLOP/s against 0.24 in fp32, and a bf16 training step took 2.2x as long as an fp32
+    product ran at 0.06 TFLOP/s against 0.24 in fp32, and a bf16 training step took 2.1x as long as an fp32
     one (README, training speed); with AMX bf16 is the faster one, by 1.4x per step.
     """
     if precision not in ("auto", "bf16", "fp32"):
