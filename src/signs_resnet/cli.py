@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import data
-from .train import TrainConfig
+from .train import PRECISIONS, TrainConfig
 
 log = logging.getLogger("signs_resnet")
 
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--temperature", type=float, default=defaults.temperature,
                        help="softmax temperature stored with the model (fitted instead with --hold-out-validation)")
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=defaults.precision,
+    train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                        help="auto: bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32 (default: %(default)s)")
     train.add_argument("--no-augment", dest="augment", action="store_false", help="train on the photos as they are")
     train.add_argument("--hold-out-validation", action="store_true",
