@@ -1,6 +1,6 @@
 """Accuracy of the default recipe over several seeds, and robustness on photos it never saw.
 
-    python benchmarks/accuracy.py [--seeds 0 1 2] [--data PATH] [--epochs N]
+    python benchmarks/accuracy.py [--seeds 0 1 2] [--data PATH] [--epochs N] [--out DIR]
 
 For each seed: trains `signs train` defaults, then reports test accuracy on the original
 test_signs.h5, the per-class errors, the expected calibration error, the training wall time, and
@@ -75,11 +75,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--out", default=None, help="keep each seed's run (model, curves, confusion matrix) in DIR/seedN")
     args = parser.parse_args()
     rows, robust = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            config = TrainConfig(data=args.data, out=f"{tmp}/seed{seed}", seed=seed, progress=False)
+            config = TrainConfig(data=args.data, out=f"{args.out or tmp}/seed{seed}", seed=seed, progress=False)
             if args.epochs:
                 config.epochs = args.epochs
             started = time.perf_counter()
