@@ -106,11 +106,12 @@ def main() -> None:
         by_class = ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "none"
         print(f"| {seed} | {accuracy:.2%} | {by_class} | {ece:.3f} | {seconds:.1f} |")
     accuracies = [row[1] for row in rows]
-    median_accuracy, median_seconds = statistics.median(accuracies), statistics.median(row[4] for row in rows)
-    print(f"\nmedian test accuracy {median_accuracy:.2%}, min {min(accuracies):.2%}, "
+    median_accuracy, lowest_accuracy = statistics.median(accuracies), min(accuracies)
+    median_seconds = statistics.median(row[4] for row in rows)
+    print(f"\nmedian test accuracy {median_accuracy:.2%}, min {lowest_accuracy:.2%}, "
           f"median train time {median_seconds:.1f} s")
     checks = {f"median >= {TARGET_MEDIAN:.1%}": median_accuracy >= TARGET_MEDIAN,
-              f"every seed >= {TARGET_MIN:.1%}": min(accuracies) >= TARGET_MIN,
+              f"every seed >= {TARGET_MIN:.1%}": lowest_accuracy >= TARGET_MIN,
               f"median train time <= {TARGET_SECONDS} s": median_seconds <= TARGET_SECONDS}
     print("targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks.items()))
 
