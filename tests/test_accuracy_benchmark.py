@@ -1,4 +1,5 @@
-"""benchmarks/accuracy.py end to end on a small slice: the table, the targets line and the kept runs."""
+"""benchmarks/accuracy.py end to end on a small slice (the table, the targets line and the kept runs), and its
+near-duplicate rule on its own."""
 
 import io
 import subprocess
@@ -12,7 +13,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import accuracy  # noqa: E402
-from signs_resnet.data import Dataset, load_image_folder  # noqa: E402
+from signs_resnet.data import Dataset, load_hdf5  # noqa: E402
 
 
 def test_accuracy_benchmark_prints_the_table_and_keeps_each_seeds_run(signs_slice, tmp_path):
@@ -32,16 +33,26 @@ def test_accuracy_benchmark_prints_the_table_and_keeps_each_seeds_run(signs_slic
         assert (tmp_path / f"seed{seed}" / "confusion.png").exists()
 
 
-def _jpeg_copy(image: torch.Tensor, quality: int) -> torch.Tensor:
-    buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
-    return torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy()).permute(2, 0, 1)
+
+def _dataset(images: torch.Tensor) -> Dataset:
+    return Dataset(images, torch.zeros(len(images), dtype=torch.long), ["0"], "made up")
 
 
-def test_near_duplicates_finds_a_training_photo_again_but_not_another_photo_of_the_same_sign(signs_dir):
-    train = load_image_folder(signs_dir / "64x64_SIGNS" / "train_signs").subset(slice(0, 30))
-    other = load_image_folder(signs_dir / "64x64_SIGNS" / "val_signs")
-    same_class = int(torch.nonzero(other.labels == train.labels[0])[0])
-    test_images = torch.stack([_jpeg_copy(train.images[0], 75), train.images[5], other.images[same_class]])
-    test = Dataset(test_images, torch.stack([train.labels[0], train.labels[5], train.labels[0]]), train.classes, "t")
-    assert accuracy.near_duplicates(test, train).tolist() == [True, True, False]
+def test_near_duplicates_finds_a_photo_in_its_jpeg_copy_and_holds_the_threshold(signs_dir):
+    photo = load_hdf5(signs_dir / "test_signs.h5").images[:1]  # uncompressed, as the test split is
+    as_jpeg = torch.from_numpy(np.asarray(accuracy._jpeg(Image.fromarray(photo[0].permute(1, 2, 0).numpy()), 75)
+                                          .convert("RGB")).copy()).permute(2, 0, 1)[None]
+    # A made-up training photo and copies of it at a mean squared difference of exactly 81 and 121.
+    train = torch.randint(20, 236, (1, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    signs = (torch.arange(train[0].numel()).view(train[0].shape) % 2 * 2 - 1).to(torch.int16)
+    near, far = ((train.to(torch.int16) + step * signs).to(torch.uint8) for step in (9, 11))
+    test = _dataset(torch.cat([as_jpeg, near, far]))
+    assert accuracy.near_duplicates(test, _dataset(torch.cat([photo, train]))).tolist() == [True, True, False]
+    assert accuracy.near_duplicates(_dataset(photo[:, :, :32]), _dataset(photo)).tolist() == [False]
+
+
+def test_accuracy_without_leaves_out_the_near_duplicates_and_their_errors():
+    duplicated = torch.tensor([True, False, False, False, True])
+    assert accuracy.accuracy_without([{"index": 0}, {"index": 2}], duplicated) == 2 / 3
+    assert accuracy.accuracy_without([], duplicated) == 1.0
+    assert accuracy.accuracy_without([{"index": 0}], torch.ones(2, dtype=torch.bool)) is None
