@@ -1,11 +1,9 @@
 """benchmarks/accuracy.py end to end on a small slice (the table, the targets line and the kept runs), and its
 near-duplicate rule on its own."""
 
-import io
 import subprocess
 import sys
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -13,7 +11,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import accuracy  # noqa: E402
-from signs_resnet.data import Dataset, load_hdf5  # noqa: E402
+from signs_resnet.data import Dataset, load_hdf5, load_rgb  # noqa: E402
 
 
 def test_accuracy_benchmark_prints_the_table_and_keeps_each_seeds_run(signs_slice, tmp_path):
@@ -33,15 +31,14 @@ def test_accuracy_benchmark_prints_the_table_and_keeps_each_seeds_run(signs_slic
         assert (tmp_path / f"seed{seed}" / "confusion.png").exists()
 
 
-
 def _dataset(images: torch.Tensor) -> Dataset:
     return Dataset(images, torch.zeros(len(images), dtype=torch.long), ["0"], "made up")
 
 
 def test_near_duplicates_finds_a_photo_in_its_jpeg_copy_and_holds_the_threshold(signs_dir):
     photo = load_hdf5(signs_dir / "test_signs.h5").images[:1]  # uncompressed, as the test split is
-    as_jpeg = torch.from_numpy(np.asarray(accuracy._jpeg(Image.fromarray(photo[0].permute(1, 2, 0).numpy()), 75)
-                                          .convert("RGB")).copy()).permute(2, 0, 1)[None]
+    as_jpeg = torch.from_numpy(load_rgb(accuracy._jpeg(Image.fromarray(photo[0].permute(1, 2, 0).numpy()), 75)))
+    as_jpeg = as_jpeg.permute(2, 0, 1)[None]
     # A made-up training photo and copies of it at a mean squared difference of exactly 81 and 121.
     train = torch.randint(20, 236, (1, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     signs = (torch.arange(train[0].numel()).view(train[0].shape) % 2 * 2 - 1).to(torch.int16)
