@@ -16,11 +16,10 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    # Chosen on val_signs (README, recipe): mild geometry, since SIGNS photos are framed alike and stronger
-    # geometry cost accuracy in a short budget, except zooming out, since phone photos frame the hand
-    # smaller (val_signs in a portrait frame: 69% right with zoom >= 0.925, 78% with >= 0.8, clean val_signs
-    # unchanged); strong colour, since phone photos are lit every which way (darker, warmer photos: 25% of
-    # val_signs right at half this colour strength, 95% at this).
+    # Chosen on val_signs (docs/recipe.md, "Hold-out runs"): mild geometry, since SIGNS photos are framed
+    # alike and stronger geometry cost accuracy in a short budget, except zooming out, since phone photos
+    # frame the hand smaller (it lifted the portrait-frame row, clean val_signs unchanged); strong colour,
+    # since phone photos are lit every which way (half this strength failed most darker, warmer photos).
     rotation_degrees: float = 7.5
     zoom: tuple[float, float] = (0.8, 1.075)  # < 1 zooms out, > 1 in
     shift: float = 0.05  # fraction of the image side

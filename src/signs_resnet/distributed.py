@@ -104,7 +104,8 @@ def wrap(model: torch.nn.Module, device: torch.device, context: Context) -> torc
     """DistributedDataParallel over `model` (rank 0's weights are broadcast to all ranks).
 
     Batch norm is synchronised across processes on GPUs (SyncBatchNorm). PyTorch's SyncBatchNorm does not
-    run on CPU tensors, so on CPU each process normalises with its own batch's statistics (README: Scaling out).
+    run on CPU tensors, so on CPU each process normalises with its own batch's statistics (docs/training.md,
+    "Distributed training").
     """
     if not context.enabled:
         return model

@@ -13,8 +13,8 @@ probabilities N x classes, for the same trained model:
     torch-fp32     PyTorch eager, the trained network with its batch norms folded into the convolutions
 
 `benchmarks/engines.py` measures them; the server's default (auto) picks the fastest on our machine.
-bf16 and int8 probabilities differ from fp32 by up to ~0.04 (mean ~0.001-0.002) and agreed on every
-test photo's class.
+bf16 and int8 trade a small probability difference from fp32 for speed, without changing the test
+photos' classes (docs/performance.md, "Inference engines").
 """
 
 from __future__ import annotations

@@ -35,12 +35,12 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 LOGITS_NAME = "logits"
-# ONNX Runtime and PyTorch (both fp32) sum in different orders. Measured on SIGNS photos: probabilities
-# agree to ~1e-6 and logits to ~1e-5 relative. The promises the parity check makes:
+# ONNX Runtime and PyTorch (both fp32) sum in different orders, so they agree closely but not exactly. The
+# promises the parity check makes, well above what is measured (docs/performance.md, "ONNX parity"):
 PARITY_TOLERANCE = 1e-4  # absolute, on probabilities
 LOGITS_TOLERANCE = 1e-3  # relative to the largest logit (probabilities saturate; logits show any error)
-# The int8 graph against the fp32 model on training photos the calibration did not use. Measured on the
-# default model: every photo keeps its class, mean |probability difference| 0.001.
+# The int8 graph against the fp32 model on training photos the calibration did not use; what the default
+# model measures is in docs/performance.md, "The int8 graph".
 INT8_MIN_AGREEMENT = 0.99  # share of photos given the same class (of those the fp32 model is clear about)
 INT8_CLEAR_MARGIN = 0.2  # top-two probability gap that makes a photo "clear"
 INT8_MAX_MEAN_DIFFERENCE = 0.01  # mean absolute probability difference
@@ -113,20 +113,18 @@ class _WholeMapProduct(nn.Module):
 
 def openvino_form(network: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
     """A copy of `network` (in inference mode) computing the same function in the form OpenVINO runs
-    fastest, measured with its per-layer profile and alternating timings (int8 graph, batch 32):
+    fastest, found with its per-layer profile and alternating timings (docs/performance.md, "The int8 graph"):
 
     - each strided 1x1 convolution (the first and the shortcut convolution of the stride-2 blocks) as a
       subsampling then a 1x1 convolution. OpenVINO's CPU plugin rewrites a strided 1x1 convolution into
-      a pooling and a convolution, and then ran those six in bf16 with dequantized weights, one of them
-      2.2 ms of a 13 ms batch: in this form all run in int8 (13.6 -> 11.0 ms per batch);
+      a pooling and a convolution, and then runs those in bf16 with dequantized weights; in this form
+      all run in int8;
     - each f x f convolution on a map of at most WHOLE_MAP_MAX_PIXELS pixels (stage 5's 2x2), with its batch
       norm, as one matrix product over the map (_WholeMapProduct): as a convolution it computes 9 taps per
-      pixel of which 5 read padding, at 0.7 ms each; as a product 0.17 ms (10.0 -> 8.1 ms per batch; batch 1
-      1.35 -> 1.5 ms, its larger weights read once per image).
+      pixel of which 5 read padding. Batch 1 pays a little, reading the larger weights for one image.
 
-    OpenVINO in bf16 (the `openvino` engine, converted from PyTorch) gains as much: 18.2 -> 14.4 ms per batch
-    of 32, batch 1 1.8 -> 2.1 ms. ONNX Runtime's fp32 graph runs 3% slower with the first change, so the
-    fp32 ONNX export keeps the plain form."""
+    The `openvino` engine (bf16, converted from PyTorch) gains as much. ONNX Runtime's fp32 graph runs
+    slower with the first change, so the fp32 ONNX export keeps the plain form."""
     network = copy.deepcopy(network).eval()
     sizes = _input_sizes(network, input_shape)
     for module in list(network.modules()):

@@ -23,13 +23,13 @@ class MatmulConv2d(nn.Conv2d):
 
     The same function as nn.Conv2d (same weight, same state dict). 1x1 convolutions always train as a
     product over the pixels; f x f convolutions do when the feature map is small (stages 4 and 5 at 64x64),
-    by gathering each pixel's f x f neighbourhood into one row (im2col). oneDNN's backward pass is slow on
-    such maps: 18.6 ms against 6.1 ms for a 3x3 convolution of stage 5, and the training step takes 35%
-    less time than with convolutions everywhere (benchmarks/train_speed.py). In inference mode it stays a
-    convolution, as exporters expect.
+    by gathering each pixel's f x f neighbourhood into one row (im2col), since oneDNN's convolution backward
+    pass is slow on such maps (docs/performance.md, "What paid, and what did not"). In inference mode it
+    stays a convolution, as exporters expect.
     """
 
-    # Largest feature map (pixels) on which an f x f convolution trains through im2col; measured crossover.
+    # Largest feature map (pixels) on which an f x f convolution trains through im2col: the measured
+    # crossover, stage 4's 4x4 maps in, stage 3's 8x8 out (docs/performance.md, "Training speed").
     IM2COL_MAX_PIXELS = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,10 +51,9 @@ class MatmulConv2d(nn.Conv2d):
 
 def training_layout(model: nn.Module) -> nn.Module:
     """`model` in the memory layout it trains fastest in: channels-last activations and stem, as oneDNN's
-    kernels want, but the f x f weights of the residual blocks contiguous. The fused AdamW kernel copies
-    channels-last parameters (27 against 15 ms for 23.6 M of them), and im2col reads contiguous weights
-    without a copy: the training step takes ~3% less (188 -> 182 ms, measured alternately). The 1x1
-    weights are the same in either layout."""
+    kernels want, but the f x f weights of the residual blocks contiguous: the fused AdamW kernel copies
+    channels-last parameters on every step, and im2col reads contiguous weights without a copy
+    (docs/performance.md, "What paid, and what did not"). The 1x1 weights are the same in either layout."""
     model = model.to(memory_format=torch.channels_last)
     for module in model.modules():
         if isinstance(module, MatmulConv2d) and module.kernel_size != (1, 1):
@@ -135,7 +134,7 @@ class ResNet50Model(nn.Module):
     def reset_parameters(self) -> None:
         """He initialisation of the convolutions, and the last batch norm of every residual branch scaled
         to zero so that each block starts as the identity (Goyal et al., 2017). From scratch on SIGNS this
-        reaches in 10 epochs what PyTorch's default initialisation needs about 14 for (README, recipe)."""
+        learns faster than PyTorch's default initialisation (docs/recipe.md, "Hold-out runs")."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -69,7 +69,8 @@ def predict(model: LoadedModel, images: torch.Tensor, batch_size: int = 256, pre
     """Class probabilities (N x classes, float32) for float images N x 3 x H x W scaled to [0, 1].
 
     precision "bf16" runs the network in bfloat16 (autocast; best with optimize_for_inference(model,
-    "bf16")): on CPUs with AMX several times faster for batches, probabilities within ~1e-2 of fp32.
+    "bf16")): faster on CPUs with AMX, at a small probability difference from fp32 (docs/performance.md,
+    "Inference engines").
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")

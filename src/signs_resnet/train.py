@@ -48,13 +48,14 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     # Softmax temperature stored with the model: label smoothing leaves it under-confident. Fitted on val_signs
-    # for this recipe (README, calibration); refitted on the validation split whenever one is held out.
+    # for this recipe (docs/accuracy.md, "Calibration"); refitted on the validation split whenever one is held out.
     temperature: float = 0.54
     augment: bool = True
     seed: int = 0
     hold_out_validation: bool = False
-    # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch).
-    # Each costs about a second of training (280 MB encoded and written); one per 7-s epoch took 13% of it.
+    # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch):
+    # each stalls training while its 280 MB are encoded, too often for short epochs (docs/performance.md,
+    # "What paid, and what did not").
     checkpoint_every_s: float = 30.0
     # "bf16" (autocast), "fp32", or "auto": bf16 where the hardware computes it natively, else fp32 (resolve_precision)
     precision: str = "auto"
@@ -78,9 +79,8 @@ def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> "bf16" on a GPU with bfloat16 and on CPUs with AMX or AVX512-BF16, else "fp32".
 
-    Without those instructions oneDNN emulates bf16: on a 2-core Ice Lake Xeon (AVX-512, no AMX) a bf16 matrix
-    product ran at 0.06 TFLOP/s against 0.24 in fp32, and a bf16 training step took 2.1x as long as an fp32
-    one (README, training speed); with AMX bf16 is the faster one, by 1.4x per step.
+    Without those instructions oneDNN emulates bf16, and a bf16 training step is far slower than an fp32 one;
+    with AMX bf16 is the faster one (docs/performance.md, "Training speed").
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
@@ -151,7 +151,7 @@ def recalibrate_batch_norm(model: torch.nn.Module, images: torch.Tensor, batch_s
     """Re-estimate every batch norm's running statistics as exact averages over the training images.
 
     The running averages collected during training lag behind the weights (the original Keras
-    recipe's momentum 0.99 left them so wrong that inference-mode accuracy fell to 45%).
+    recipe's momentum 0.99 left them far off: docs/training.md, "The recipe").
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
