@@ -3,7 +3,7 @@
 python-multipart's parser, fed the whole body at once (the body limit in guards.py has already
 bounded it), keeping each part in memory; the parser itself bounds each part's headers. Starlette's
 `request.form()` does the same through a spooled temporary file per part and an await per write,
-which costs more than the parsing itself for a small upload (docs/performance.md, "What got it there").
+which costs more than the parsing itself for a small upload (docs/performance.md, "The /predict route").
 """
 
 from __future__ import annotations
