@@ -78,7 +78,7 @@ def run_noop_server(model_path: str, port: int) -> None:
     import torch
     import uvicorn
 
-    from signs_resnet import serve
+    from signs_resnet import runner, serve
     from signs_resnet.engines import Engine
     from signs_resnet.predict import load_model
 
@@ -86,9 +86,9 @@ def run_noop_server(model_path: str, port: int) -> None:
         model = load_model(settings.model)
         return Engine(model, "no-op", "none", lambda images: torch.full((len(images), 6), 1 / 6))
 
-    serve.load_model = load_noop
     settings = serve.ServeSettings(model=model_path, port=port)
-    uvicorn.run(serve.create_app(settings), host="127.0.0.1", port=port, log_config=serve.LOG_CONFIG,
+    uvicorn.run(serve.create_app(settings, load_noop(settings)), host="127.0.0.1", port=port,
+                log_config=runner.LOG_CONFIG,
                 access_log=False, loop="uvloop", http="httptools")
 
 

@@ -101,7 +101,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import ServeSettings, run
+    from .runner import run
+    from .settings import ServeSettings
 
     fields = {f.name for f in dataclasses.fields(ServeSettings)}
     run(ServeSettings.from_env(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -181,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(run=_predict)
 
-    from .serve import ENGINES, ServeSettings
+    from .engines import ENGINES
+    from .settings import ServeSettings
 
     serve_defaults = ServeSettings()
     serve = commands.add_parser("serve", help="serve the model over HTTP (REST API, web page, KServe v2)",

@@ -7,6 +7,8 @@
          "image" BYTES [N]: base64-encoded image files, prepared here exactly as /predict does
       -> "probabilities" FP32 [N, classes] and "label" BYTES [N]
 
+Two routers, included by serve.create_app: `health_router` (open to probes) and `model_router`
+(metadata and inference, behind the API key when one is set); both read the app's typed Runtime.
 Requests share the /predict batcher. Errors follow the protocol: {"error": "message"}.
 """
 
@@ -19,18 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .data import ImageError, prepare_image
-from .engines import Engine
 from .errors import ApiError
 from .predict import LoadedModel
-from .serve import ServeSettings, decode_error
+from .runtime import AppRuntime, Runtime, decode_error
+from .settings import ServeSettings
 
 OUTPUTS = ("probabilities", "label")
 
@@ -107,80 +107,78 @@ class V2Error(BaseModel):
     error: str
 
 
-def add_open_inference_protocol(app: FastAPI, settings: ServeSettings, state: dict[str, Any], classify,
-                                protected: list) -> None:
-    """/v2 health, metadata and infer: tensors (FP32, N x 3 x H x W in [0, 1]) or encoded images (BYTES),
-    answered with `classify` (serve.create_app's decode-then-batch step). `protected` (the API key check,
-    when one is set) guards the model's metadata and inference; the health routes stay open for probes."""
-    name = settings.model_name
+health_router = APIRouter()  # open to probes
+model_router = APIRouter()  # the model's metadata and inference: behind the API key when one is set
 
-    def check_name(model_name: str) -> None:
-        if model_name != name:
-            raise ApiError(404, "unknown_model", f"unknown model {model_name!r}; this server serves {name!r}")
 
-    @app.get("/v2", response_model=V2ServerMetadata)
-    async def v2_server() -> dict[str, Any]:
-        return {"name": "signs-resnet", "version": __version__, "extensions": []}
+def _check_name(runtime: Runtime, model_name: str) -> None:
+    if model_name != runtime.settings.model_name:
+        raise ApiError(404, "unknown_model", f"unknown model {model_name!r}; "
+                                             f"this server serves {runtime.settings.model_name!r}")
 
-    @app.get("/v2/health/live", response_model=V2Live)
-    async def v2_live() -> dict[str, bool]:
-        return {"live": True}
 
-    @app.get("/v2/health/ready", response_model=V2Ready, responses={503: {"model": V2Ready}})
-    async def v2_ready():
-        return {"ready": True} if state["ready"] else JSONResponse({"ready": False}, 503)
+@health_router.get("/v2", response_model=V2ServerMetadata)
+async def v2_server() -> dict[str, Any]:
+    return {"name": "signs-resnet", "version": __version__, "extensions": []}
 
-    @app.get("/v2/models/{model_name}/ready", response_model=V2ModelReady, responses={503: {"model": V2ModelReady}})
-    async def v2_model_ready(model_name: str):
-        check_name(model_name)
-        body = {"name": name, "ready": state["ready"]}
-        return body if state["ready"] else JSONResponse(body, 503)
 
-    @app.get("/v2/models/{model_name}", response_model=V2ModelMetadata, responses={404: {"model": V2Error}},
-             dependencies=protected)
-    async def v2_metadata(model_name: str) -> dict[str, Any]:
-        check_name(model_name)
-        engine: Engine | None = state["engine"]
-        if engine is None:
-            raise ApiError(503, "not_ready", "the model is still loading")
-        height, width, channels = engine.model.input_shape
-        return {
-            "name": name, "versions": [engine.model.checksum[:12]], "platform": engine.describe(),
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, channels, height, width]},
-                       {"name": "image", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(engine.model.classes)]},
-                        {"name": "label", "datatype": "BYTES", "shape": [-1]}],
-            "parameters": {"classes": engine.model.classes, "checksum": engine.model.checksum,
-                           "input": "use one: 'input' (FP32 images scaled to [0, 1]) or 'image' (base64 files)"},
-        }
+@health_router.get("/v2/health/live", response_model=V2Live)
+async def v2_live() -> dict[str, bool]:
+    return {"live": True}
 
-    @app.post("/v2/models/{model_name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/V2InferRequest"}}}}},
-              responses={status: {"model": V2Error} for status in (400, 401, 404, 408, 413, 503)},
-              dependencies=protected)
-    async def v2_infer(model_name: str, request: Request) -> dict[str, Any]:
-        check_name(model_name)
-        if not request.headers.get("content-type", "").lower().startswith("application/json"):
-            raise ApiError(415, "unsupported_media_type", "send an Open Inference Protocol JSON body "
-                                                          "(Content-Type: application/json)")
-        body = await request.body()
-        engine: Engine | None = state["engine"]
-        if engine is None:
-            raise ApiError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
 
-        payload, result, _ = await classify(lambda: inputs_of(body, engine.model, settings), 1)
-        rows = result.probabilities
-        outputs = []
-        for output in [o.name for o in payload.outputs] if payload.outputs else OUTPUTS:
-            if output == "probabilities":
-                outputs.append({"name": output, "datatype": "FP32", "shape": [len(rows), len(rows[0])],
-                                "data": [value for row in rows for value in row]})
-            else:
-                labels = [engine.model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
-                outputs.append({"name": output, "datatype": "BYTES", "shape": [len(labels)], "data": labels})
-        return {"model_name": name, "model_version": engine.model.checksum[:12], "id": payload.id,
-                "outputs": outputs}
+@health_router.get("/v2/health/ready", response_model=V2Ready, responses={503: {"model": V2Ready}})
+async def v2_ready(runtime: AppRuntime):
+    return {"ready": True} if runtime.ready else JSONResponse({"ready": False}, 503)
+
+
+@health_router.get("/v2/models/{model_name}/ready", response_model=V2ModelReady,
+                   responses={503: {"model": V2ModelReady}})
+async def v2_model_ready(model_name: str, runtime: AppRuntime):
+    _check_name(runtime, model_name)
+    body = {"name": model_name, "ready": runtime.ready}
+    return body if runtime.ready else JSONResponse(body, 503)
+
+
+@model_router.get("/v2/models/{model_name}", response_model=V2ModelMetadata, responses={404: {"model": V2Error}})
+async def v2_metadata(model_name: str, runtime: AppRuntime) -> dict[str, Any]:
+    _check_name(runtime, model_name)
+    engine = runtime.ready_engine()
+    height, width, channels = engine.model.input_shape
+    return {
+        "name": model_name, "versions": [engine.model.checksum[:12]], "platform": engine.describe(),
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, channels, height, width]},
+                   {"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(engine.model.classes)]},
+                    {"name": "label", "datatype": "BYTES", "shape": [-1]}],
+        "parameters": {"classes": engine.model.classes, "checksum": engine.model.checksum,
+                       "input": "use one: 'input' (FP32 images scaled to [0, 1]) or 'image' (base64 files)"},
+    }
+
+
+@model_router.post("/v2/models/{model_name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
+                   openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                       "schema": {"$ref": "#/components/schemas/V2InferRequest"}}}}},
+                   responses={status: {"model": V2Error} for status in (400, 401, 404, 408, 413, 503)})
+async def v2_infer(model_name: str, request: Request, runtime: AppRuntime) -> dict[str, Any]:
+    _check_name(runtime, model_name)
+    if not request.headers.get("content-type", "").lower().startswith("application/json"):
+        raise ApiError(415, "unsupported_media_type", "send an Open Inference Protocol JSON body "
+                                                      "(Content-Type: application/json)")
+    body = await request.body()
+    engine = runtime.ready_engine()
+    payload, result, _ = await runtime.classify(lambda: inputs_of(body, engine.model, runtime.settings), 1)
+    rows = result.probabilities
+    outputs = []
+    for output in [o.name for o in payload.outputs] if payload.outputs else OUTPUTS:
+        if output == "probabilities":
+            outputs.append({"name": output, "datatype": "FP32", "shape": [len(rows), len(rows[0])],
+                            "data": [value for row in rows for value in row]})
+        else:
+            labels = [engine.model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
+            outputs.append({"name": output, "datatype": "BYTES", "shape": [len(labels)], "data": labels})
+    return {"model_name": model_name, "model_version": engine.model.checksum[:12], "id": payload.id,
+            "outputs": outputs}
 
 
 def inputs_of(body: bytes, model: LoadedModel, settings: ServeSettings) -> tuple[torch.Tensor, V2InferRequest]:
@@ -236,16 +234,8 @@ def inputs_of(body: bytes, model: LoadedModel, settings: ServeSettings) -> tuple
     raise ApiError(400, "invalid_datatype", f"datatype must be FP32 or BYTES, got {tensor.datatype!r}")
 
 
-def openapi_schema(app: FastAPI, documented: list[APIRoute]) -> dict[str, Any]:
-    """FastAPI's schema of the app's routes and of `documented` (routes served by plain Starlette routes),
-    plus the infer request model, which the route parses itself (off the event loop)."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                         routes=[*app.routes, *documented])
+def request_schemas() -> dict[str, Any]:
+    """OpenAPI component schemas of the infer request, which v2_infer parses itself (off the event loop),
+    so FastAPI does not see it."""
     infer = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(infer.pop("$defs", {}))
-    components["V2InferRequest"] = infer
-    app.openapi_schema = schema
-    return schema
+    return infer.pop("$defs", {}) | {"V2InferRequest": infer}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,12 @@ from . import artifact
 from .model import ResNet50, ResNet50Model
 
 KIND = "model"
+DEFAULT_MODEL = "runs/default/model.safetensors"  # where `signs train` and `make run` put the model
+
+
+def default_model_path() -> str:
+    """The model file every command uses when none is named: $SIGNS_MODEL, else DEFAULT_MODEL."""
+    return os.environ.get("SIGNS_MODEL") or DEFAULT_MODEL
 
 
 @dataclass
