@@ -53,7 +53,8 @@ def tiny(tmp_path_factory, signs_slice):
 @pytest.fixture(scope="module")
 def distributed_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
-    result = torchrun("--data", tiny, "--out", out, *OPTIONS)
+    # PYTHONPROFILEIMPORTTIME: every process lists the modules it imports on stderr
+    result = torchrun("--data", tiny, "--out", out, *OPTIONS, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
 
@@ -109,6 +110,19 @@ def test_parameters_are_identical_on_every_process(distributed_run):
     line = re.search(r"parameters identical on all 2 processes: (\w+) (\w+)", result.stderr)
     assert line, result.stderr
     assert line[1] == line[2] == parameter_digest(load_model(out / "model.safetensors").network)
+
+
+def test_gradients_are_laid_out_as_the_buckets_expect(distributed_run):
+    _, result = distributed_run
+    assert "grad strides do not match bucket view strides" not in result.stderr.lower()
+
+
+def test_ranks_never_import_the_web_stack(distributed_run):
+    _, result = distributed_run
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "signs_resnet.train" in imported and "torch.distributed" in imported  # the listing works
+    web = sorted(name for name in imported if name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "prometheus_client"})
+    assert web == []
 
 
 def test_only_rank_zero_writes_and_reports(distributed_run):

@@ -101,3 +101,14 @@ def test_training_layout_keeps_block_weights_contiguous_and_the_function():
     assert all(block.branch2b[0].weight.is_contiguous() for stage in (laid_out.stage2, laid_out.stage5)
                for block in stage)
     assert torch.allclose(laid_out(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-4)
+
+
+def test_training_layout_gives_gradients_the_strides_of_their_parameters():
+    """DistributedDataParallel's gradient buckets are laid out like the parameters: a gradient in another
+    layout is copied, with a warning on every start."""
+    from signs_resnet.model import training_layout
+
+    model = training_layout(ResNet50((64, 64, 3), 6))
+    model(torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)).sum().backward()
+    mismatched = [name for name, p in model.named_parameters() if p.stride() != p.grad.stride()]
+    assert mismatched == []

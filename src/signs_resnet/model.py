@@ -55,9 +55,11 @@ def training_layout(model: nn.Module) -> nn.Module:
     channels-last parameters on every step, and im2col reads contiguous weights without a copy
     (docs/performance.md, "What paid, and what did not"). The 1x1 weights are the same in either layout."""
     model = model.to(memory_format=torch.channels_last)
+    # 1x1 weights contiguous too: the same bytes, but then their strides match their gradients', as
+    # DistributedDataParallel's buckets expect (no "grad strides do not match bucket view strides").
     for module in model.modules():
-        if isinstance(module, MatmulConv2d) and module.kernel_size != (1, 1):
-            module.weight.data = module.weight.data.contiguous()
+        if isinstance(module, MatmulConv2d):
+            module.weight.data = module.weight.data.clone(memory_format=torch.contiguous_format)
     return model
 
 
