@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import logging
 import sys
 from pathlib import Path
 
 from . import data
+from .engines import ENGINES
+from .predict import DEFAULT_MODEL, default_model_path
+from .settings import ServeSettings
 from .train import PRECISIONS, TrainConfig
 
 log = logging.getLogger("signs_resnet")
@@ -32,6 +37,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(path: str):
+    """The model file `path`, read and verified; a missing one is named with how to get one."""
+    from .predict import load_model
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such model file (train one with `signs train`, or name one with "
+                                "--model or SIGNS_MODEL)")
+    return load_model(path)
+
+
 def _test_split(path: str | None, classes: list[str]) -> data.Dataset:
     splits = data.load_splits(path, classes=classes)
     if splits.test is None:
@@ -41,15 +56,19 @@ def _test_split(path: str | None, classes: list[str]) -> data.Dataset:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, plot_confusion, plot_curves
-    from .predict import load_model
 
-    model = load_model(args.model)
+    model = _model(args.model)
     dataset = _test_split(args.data, model.classes)
     result = evaluate(model.network, dataset, float(model.metadata.get("temperature", 1.0)))
-    model_dir = Path(args.model).parent
-    plot_confusion(result, model_dir / "confusion.png")
-    if model.metadata.get("history"):
-        plot_curves(model.metadata["history"], model_dir / "curves.png")
+    pictures = []
+    if args.out:  # only where asked: never over the model's own files
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_confusion(result, out / "confusion.png")
+        pictures.append(out / "confusion.png")
+        if model.metadata.get("history"):
+            plot_curves(model.metadata["history"], out / "curves.png")
+            pictures.append(out / "curves.png")
     if args.json:
         print(json.dumps(result))
         return 0
@@ -62,47 +81,48 @@ def _evaluate(args: argparse.Namespace) -> int:
     print("       " + " ".join(f"{c:>4}" for c in result["classes"]))
     for name, row in zip(result["classes"], result["confusion"]):
         print(f"{name:>5}  " + " ".join(f"{v:>4}" for v in row))
-    print(f"wrote {model_dir / 'confusion.png'}")
+    for picture in pictures:
+        print(f"wrote {picture}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
-    from .predict import load_model, predict
+    from .classify import classify_files, find_images
+    from .engines import load_engine
 
-    model = load_model(args.model)
-    results, failed = [], 0
-    for path in tqdm(args.images, disable=args.json or len(args.images) < 20, unit="image"):
-        try:
-            image = data.prepare_image(path, model.image_size)
-        except (ValueError, FileNotFoundError) as error:
-            results.append({"path": path, "error": str(error)})
-            failed += 1
-            continue
-        probabilities = predict(model, image.unsqueeze(0))[0]
-        best = int(torch.argmax(probabilities))
-        results.append({
-            "path": path,
-            "label": model.classes[best],
-            "probability": round(float(probabilities[best]), 6),
-            "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probabilities)},
-        })
-    if args.json:
-        print(json.dumps(results))
-    else:
+    if args.batch_size < 1 or args.threads < 0:
+        raise ValueError("--batch-size must be at least 1 and --threads not negative")
+    engine = load_engine(_model(args.model), args.engine, args.threads, args.batch_size)
+    total = len(find_images(args.paths))
+    show_progress = args.progress and sys.stderr.isatty() and total > args.batch_size
+    results = list(tqdm(classify_files(engine, args.paths, args.batch_size), total=total, unit="image",
+                        disable=not show_progress, file=sys.stderr))
+    print(format_results(results, engine.model.classes, "json" if args.json else "csv" if args.csv else "text"),
+          end="")
+    return 1 if any("error" in result for result in results) else 0
+
+
+def format_results(results: list[dict], classes: list[str], style: str) -> str:
+    """Prediction results as text (one line each), a JSON list, or CSV with a header line."""
+    if style == "json":
+        return json.dumps(results) + "\n"
+    if style == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "probability", *(f"p_{name}" for name in classes), "error"])
         for result in results:
-            if "error" in result:
-                print(f"{result['path']}: error: {result['error']}")
-            else:
-                print(f"{result['path']}: {result['label']} ({result['probability']:.1%})")
-    return 1 if failed else 0
+            probabilities = result.get("probabilities", {})
+            writer.writerow([result["path"], result.get("label", ""), result.get("probability", ""),
+                             *(probabilities.get(name, "") for name in classes), result.get("error", "")])
+        return buffer.getvalue()
+    return "".join(f"{r['path']}: error: {r['error']}\n" if "error" in r else
+                   f"{r['path']}: {r['label']} ({r['probability']:.1%})\n" for r in results)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .runner import run
-    from .settings import ServeSettings
 
     fields = {f.name for f in dataclasses.fields(ServeSettings)}
     run(ServeSettings.from_env(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -111,9 +131,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import FORMATS, export
-    from .predict import load_model
 
-    model = load_model(args.model)
+    model = _model(args.model)
     out = args.out or str(Path(args.model).with_suffix(FORMATS[args.format]))
     result = export(model, out, args.format, data_path=args.data)
     difference = result["difference"]
@@ -141,57 +160,81 @@ def _import_keras(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = f"model file (default: $SIGNS_MODEL, else {DEFAULT_MODEL})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signs", description="ResNet50 hand-sign classifier for SIGNS")
     commands = parser.add_subparsers(dest="command", required=True)
 
     defaults = TrainConfig()
     train = commands.add_parser("train", help="train a model and write DIR/model.safetensors")
-    train.add_argument("--data", help="SIGNS data: folder, HDF5 file or image folder (default: $SIGNS_DATA)")
-    train.add_argument("--out", default=defaults.out, help="output folder (default: %(default)s)")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--data", help="SIGNS data: a folder (train_signs.h5/test_signs.h5 or image folders), an "
+                                      "HDF5 file or an image folder (default: $SIGNS_DATA, else ../shared/data/signs)")
+    train.add_argument("--out", default=defaults.out, metavar="DIR",
+                       help="output folder for the model, checkpoint, metrics and plots (default: %(default)s)")
+    train.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the data (default: %(default)s)")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                       help="images per step over all processes (under torchrun: split evenly between them)")
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+                       help="images per step over all processes; under torchrun split evenly between them "
+                            "(default: %(default)s)")
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                       help="AdamW's peak learning rate, after a linear warm-up, then cosine decay (default: %(default)g)")
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                       help="AdamW's decoupled weight decay (default: %(default)g)")
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                       help="cross-entropy label smoothing (default: %(default)g)")
     train.add_argument("--temperature", type=float, default=defaults.temperature,
-                       help="softmax temperature stored with the model (fitted instead with --hold-out-validation)")
-    train.add_argument("--seed", type=int, default=defaults.seed)
+                       help="softmax temperature stored with the model; fitted on val_signs instead with "
+                            "--hold-out-validation (default: %(default)g)")
+    train.add_argument("--seed", type=int, default=defaults.seed,
+                       help="seed of the initial weights, batch order and augmentation (default: %(default)s)")
     train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                        help="auto: bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32 (default: %(default)s)")
-    train.add_argument("--no-augment", dest="augment", action="store_false", help="train on the photos as they are")
+    train.add_argument("--no-augment", dest="augment", action="store_false",
+                       help="train on the photos as they are (default: augmented)")
     train.add_argument("--hold-out-validation", action="store_true",
-                       help="train on train_signs only and report val_signs accuracy every epoch")
-    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, CI)")
-    train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors")
+                       help="train on train_signs only and report val_signs accuracy every epoch "
+                            "(default: train on all 1080 photos)")
+    train.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar, for logs and CI (default: a bar on a terminal)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from DIR/checkpoint.safetensors (default: start afresh)")
     train.add_argument("--checkpoint-every-s", type=float, default=defaults.checkpoint_every_s,
                        help="write a checkpoint after the first epoch that ends this many seconds after the "
                             "previous one; 0: after every epoch (default: %(default)g)")
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--data", help="test data (default: the official test_signs.h5 under $SIGNS_DATA)")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy, calibration and confusion matrix")
+    evaluate.add_argument("--model", default=default_model_path(), help=MODEL_HELP)
+    evaluate.add_argument("--data", help="test data: an HDF5 file or a folder of class subfolders "
+                                         "(default: the official test_signs.h5 under $SIGNS_DATA)")
+    evaluate.add_argument("--out", metavar="DIR", help="also draw confusion.png (and the training curves, "
+                                                       "curves.png) into DIR (default: no pictures)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     evaluate.set_defaults(run=_evaluate)
 
-    predict = commands.add_parser("predict", help="classify image files")
-    predict.add_argument("--model", required=True)
-    predict.add_argument("--json", action="store_true", help="print a JSON list")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict = commands.add_parser("predict", help="classify image files and folders (recursively)")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders to search for images")
+    predict.add_argument("--model", default=default_model_path(), help=MODEL_HELP)
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list (default: one line per image)")
+    output.add_argument("--csv", action="store_true", help="print CSV with a header line (default: one line per image)")
+    predict.add_argument("--engine", choices=ENGINES, default="auto",
+                         help="inference engine, as the server's --engine (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    predict.add_argument("--threads", type=int, default=0,
+                         help="inference threads; 0: one per core (default: %(default)s)")
+    predict.add_argument("--no-progress", dest="progress", action="store_false",
+                         help="no progress bar (default: a bar on a terminal for more than one batch)")
     predict.set_defaults(run=_predict)
-
-    from .engines import ENGINES
-    from .settings import ServeSettings
 
     serve_defaults = ServeSettings()
     serve = commands.add_parser("serve", help="serve the model over HTTP (REST API, web page, KServe v2)",
                                 description="Every option can also be set as an environment variable "
                                             "SIGNS_<OPTION> (e.g. SIGNS_MODEL, SIGNS_PORT); options win.")
-    serve.add_argument("--model", help=f"model file (default: {serve_defaults.model})")
+    serve.add_argument("--model", help=MODEL_HELP)
     serve.add_argument("--host", help=f"address to listen on (default: {serve_defaults.host})")
-    serve.add_argument("--port", type=int, help=f"(default: {serve_defaults.port})")
+    serve.add_argument("--port", type=int, help=f"port to listen on (default: {serve_defaults.port})")
     serve.add_argument("--workers", type=int, help=f"server processes (default: {serve_defaults.workers})")
     serve.add_argument("--engine", choices=ENGINES, help=f"inference engine (default: {serve_defaults.engine})")
     serve.add_argument("--threads", type=int, help="inference threads per process (default: one per core)")
@@ -212,28 +255,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="longest wait for a request's headers, then for its answer: 408 while the body is still "
                             f"arriving, else 503 (default: {serve_defaults.request_timeout_s:g})")
     serve.add_argument("--api-key", help="require this key on /predict and /v2/models/... (X-API-Key or "
-                                         "Authorization: Bearer); prefer SIGNS_API_KEY, flags show in `ps`")
+                                         "Authorization: Bearer); prefer SIGNS_API_KEY, flags show in `ps` "
+                                         "(default: none, open)")
     serve.add_argument("--cors-origins", help="comma-separated origins whose web pages may call the API "
                                               "(default: none, no CORS headers)")
     serve.add_argument("--model-name", help=f"Open Inference Protocol name (default: {serve_defaults.model_name})")
-    serve.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    serve.add_argument("--access-log", action="store_true", default=None,
+                       help="log every request (default: off)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                       help=f"(default: {serve_defaults.log_level})")
+                       help=f"log level (default: {serve_defaults.log_level})")
     serve.set_defaults(run=_serve)
 
     export = commands.add_parser("export", help="export the model for other runtimes (ONNX), with a parity check")
-    export.add_argument("--model", required=True)
+    export.add_argument("--model", default=default_model_path(), help=MODEL_HELP)
     export.add_argument("--format", choices=["onnx", "onnx-int8"], default="onnx",
                         help="onnx: the fp32 graph; onnx-int8: int8, calibrated on training photos (for --engine "
-                             "openvino-int8)")
+                             "openvino-int8) (default: %(default)s)")
     export.add_argument("--data", help="training data for the int8 calibration (default: $SIGNS_DATA)")
     export.add_argument("--out", help="output file (default: the model's path with the format's suffix)")
     export.set_defaults(run=_export)
 
     import_keras = commands.add_parser("import-keras", help="convert a model saved by the original Keras code "
                                        "(model.save('res.h5') or save_weights) into DIR/model.safetensors")
-    import_keras.add_argument("file", metavar="FILE.h5")
-    import_keras.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    import_keras.add_argument("file", metavar="FILE.h5", help="the Keras HDF5 file")
+    import_keras.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
     import_keras.set_defaults(run=_import_keras)
     return parser
 

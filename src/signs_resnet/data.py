@@ -190,12 +190,27 @@ def _label_of(file: Path, folder: Path) -> str:
     return file.name.split("_", 1)[0] if "_" in file.name else file.name[0]
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under `folder` (by suffix), sorted, following symbolic links to files and folders
+    (a folder reached twice, through a link loop or two links, is read once)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    found, seen = [], set()
+    for root, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found += [Path(root, name) for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(path for path in found if path.is_file())
+
+
 def _labelled_files(folders: list[Path]) -> list[tuple[Path, str]]:
     files = []
     for folder in folders:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder")
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = image_files(folder)
         if not found:
             raise ValueError(f"{folder}: holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += [(file, _label_of(file, folder)) for file in found]

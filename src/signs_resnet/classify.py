@@ -1,0 +1,84 @@
+"""Classifying many image files at once, as `signs predict` does: find them (files and folders,
+recursively), decode them in parallel threads, and run them in batches through an engine (the server's
+own, engines.py), so that a folder of photos takes seconds, not one forward pass per photo.
+
+Every file goes through the one preprocessing path (data.prepare_image), so the answers are the server's.
+A file that cannot be read is a result with an "error" and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import image_files, prepare_image
+from .engines import Engine
+
+
+def find_images(paths: Iterable[str | Path]) -> list[tuple[str, str | None]]:
+    """(path, error) for every file named and every image file in the folders named, in the order given;
+    error is None for a file to classify, else why there is nothing to classify there."""
+    found: list[tuple[str, str | None]] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = image_files(path)
+            found += [(str(file), None) for file in files] or [(str(path), "folder holds no image files")]
+        elif path.exists():
+            found.append((str(path), None))  # named on purpose: tried whatever its suffix
+        else:
+            found.append((str(path), "no such file or folder"))
+    return found
+
+
+def classify_files(engine: Engine, paths: Iterable[str | Path], batch_size: int = 64,
+                   decode_threads: int = 0) -> Iterator[dict[str, Any]]:
+    """One result per file of `find_images(paths)`, in that order: {"path", "label", "probability",
+    "probabilities"} or {"path", "error"}. The next batches decode while the current one runs."""
+    image_size = engine.model.image_size
+    files = find_images(paths)
+    batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    threads = decode_threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, str | None, Future | None]]:
+            return [(path, error, None if error else pool.submit(prepare_image, path, image_size))
+                    for path, error in batch]
+
+        pending = deque(submit(batch) for batch in batches[:2])
+        for index in range(len(batches)):
+            batch = pending.popleft()
+            if index + 2 < len(batches):
+                pending.append(submit(batches[index + 2]))
+            yield from _classify_batch(engine, batch)
+
+
+def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | None]]) -> Iterator[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    images: list[torch.Tensor] = []
+    for path, error, future in batch:
+        if future is not None:
+            try:
+                images.append(future.result())
+            except (ValueError, OSError) as failure:  # ImageError is a ValueError
+                error = str(failure)
+        results.append({"path": path, "error": error} if error else {"path": path})
+    if images:
+        with torch.inference_mode():
+            probabilities = engine.run(torch.stack(images)).tolist()
+        rows = iter(probabilities)
+        for result in results:
+            if "error" not in result:
+                result |= answer(next(rows), engine.model.classes)
+    yield from results
+
+
+def answer(probabilities: list[float], classes: list[str]) -> dict[str, Any]:
+    """One image's answer from its class probabilities: the label, its probability, every class's."""
+    best = max(range(len(classes)), key=probabilities.__getitem__)
+    return {"label": classes[best], "probability": round(probabilities[best], 6),
+            "probabilities": {name: round(p, 6) for name, p in zip(classes, probabilities)}}
