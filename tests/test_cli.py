@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, random_images, save_jpeg
+
 from signs_resnet import data
 from signs_resnet.cli import build_parser
 
