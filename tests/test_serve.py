@@ -294,22 +294,28 @@ def test_v2_infer_bytes_images_matches_predict(client, sample_jpg):
     assert v2 == pytest.approx([original[c] for c in "012345"], abs=SAME_ENGINE_TOLERANCE)
 
 
-@pytest.mark.parametrize("request_body, status", [
-    ({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}]}, 400),
-    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.0] * 5}]}, 400),
-    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": ["a"] * 12288}]}, 400),
-    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "INT8", "data": [0] * 12288}]}, 400),
-    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["not base64!"]}]}, 400),
-    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}]}, 400),
+@pytest.mark.parametrize("request_body, status, reason", [
+    ({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}]}, 400,
+     "FP32 input must have shape [N, 3, 64, 64], got [1, 3, 32, 32]"),
+    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.0] * 5}]}, 400,
+     "shape [1, 3, 64, 64] needs 12288 values, got 5"),
+    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": ["a"] * 12288}]}, 400,
+     "FP32 data must be numbers"),
+    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "INT8", "data": [0] * 12288}]}, 400,
+     "datatype must be FP32 or BYTES, got 'INT8'"),
+    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["not base64!"]}]}, 400,
+     "image 1: BYTES data must be a base64-encoded image"),
+    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}]}, 400,
+     "image 1: not a readable image"),
     ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}],
-      "outputs": [{"name": "embedding"}]}, 400),
-    ({"inputs": []}, 400),
-    ({"nothing": 1}, 400),
+      "outputs": [{"name": "embedding"}]}, 400, "unknown outputs ['embedding']"),
+    ({"inputs": []}, 400, "send exactly one input"),
+    ({"nothing": 1}, 400, "not an inference request: inputs: Field required"),
 ])
-def test_v2_bad_requests_answer_the_protocols_error(client, request_body, status):
+def test_v2_bad_requests_answer_the_protocols_error(client, request_body, status, reason):
     response = client.post("/v2/models/signs-resnet50/infer", json=request_body)
     assert response.status_code == status, response.text
-    assert isinstance(response.json()["error"], str)
+    assert set(response.json()) == {"error"} and response.json()["error"].startswith(reason), response.text
 
 
 def test_v2_infer_wants_json(client):
