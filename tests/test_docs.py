@@ -107,3 +107,51 @@ def test_the_link_checker_catches_a_broken_link(tmp_path):
     assert links(page) == ["#a-heading", "#no-such", "missing.md"]
     assert anchors(page) == {"a-heading"}
     assert code_pointers('x = 1  # see (docs/a.md,\n    # "Two words")') == [("docs/a.md", "Two words")]
+
+
+def code_lines(page: Path) -> list[str]:
+    """The lines of the page's fenced code blocks."""
+    lines, fenced = [], False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line.lstrip()):
+            fenced = not fenced
+        elif fenced:
+            lines.append(line)
+    return lines
+
+
+def test_every_signs_command_in_the_docs_exists_with_its_options():
+    """Each `signs SUBCOMMAND --option` written in a code block of the README or docs/ is one the CLI has."""
+    from signs_resnet.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    wrong, checked = [], 0
+    for page in PAGES:
+        for line in code_lines(page):
+            for match in re.finditer(r"(?:^|[\s/$])signs (\w[\w-]*)([^|#;&]*)", line):
+                name, rest = match.groups()
+                if name not in commands:
+                    wrong.append(f"{page.name}: {line.strip()}: no command {name!r}")
+                    continue
+                known = {option for action in commands[name]._actions for option in action.option_strings}
+                for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
+                    checked += 1
+                    if option not in known:
+                        wrong.append(f"{page.name}: {line.strip()}: `signs {name}` has no {option}")
+    assert checked > 10 and wrong == []
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, model_file, sample_jpg):
+    """The README's Python block, run in a folder holding runs/default/model.safetensors and sample.jpg."""
+    import subprocess
+    import sys
+
+    [block] = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    (tmp_path / "runs" / "default").mkdir(parents=True)
+    (tmp_path / "runs" / "default" / "model.safetensors").symlink_to(model_file)
+    (tmp_path / "sample.jpg").symlink_to(sample_jpg)
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in [str(c) for c in range(6)]
