@@ -6,7 +6,7 @@ Rows: the training code's forward pass as it is (PyTorch eager fp32, channels_la
 engine the server can run (engines.py; openvino-int8 needs `signs export --format onnx-int8` first).
 On the 120 SIGNS test photos, "test acc" is an engine's accuracy and "max |dp|" the largest
 difference of its probabilities from the first row's. The server's default engine
-(serve.ServeSettings.engine, auto) picks this table's winner.
+(settings.ServeSettings.engine, auto) picks this table's winner.
 """
 
 from __future__ import annotations
