@@ -1,5 +1,6 @@
 # `make run`: set up, train a model if there is none (and its int8 graph), evaluate it, then serve it on port 5000.
-# `make test`: set up (including Debian's chromium for the web page test), run the tests.
+# `make test`: set up (including Debian's chromium for the web page test), run every test (CI).
+# `make test-fast`: the quick tier (pytest -m "not slow"), a few minutes at most, every module covered.
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL := runs/default/model.safetensors
@@ -7,7 +8,7 @@ INT8 := runs/default/model.int8.onnx
 SAMPLE := ../shared/data/samples/sample.jpg
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install browser run test bench clean
+.PHONY: install browser run test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -39,6 +40,9 @@ run: $(BIN)/.installed $(MODEL) $(INT8)
 
 test: $(BIN)/.installed browser
 	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(BIN)/.installed $(MODEL) $(INT8)
 	$(BIN)/python benchmarks/serve_load.py --model $(MODEL)

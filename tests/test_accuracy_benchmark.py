@@ -4,6 +4,7 @@ near-duplicate rule on its own."""
 import subprocess
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
@@ -12,6 +13,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import accuracy  # noqa: E402
 from signs_resnet.data import Dataset, load_hdf5, load_rgb  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains models end to end
 
 
 def test_accuracy_benchmark_prints_the_table_and_keeps_each_seeds_run(signs_slice, tmp_path):

@@ -41,7 +41,7 @@ def photos(tmp_path_factory, signs_jpegs) -> Path:
 
 
 def test_predict_reads_folders_recursively_through_symlinks_and_reports_a_bad_file(model_file, photos):
-    result = signs("predict", "--model", model_file, "--json", photos)
+    result = signs("predict", "--model", model_file, "--json", "--engine", "torch-fp32", photos)
     assert result.returncode == 1, result.stderr  # one file failed; the others are answered
     results = json.loads(result.stdout)
     names = [Path(r["path"]).relative_to(photos).as_posix() for r in results]
@@ -52,6 +52,7 @@ def test_predict_reads_folders_recursively_through_symlinks_and_reports_a_bad_fi
         assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_predict_answers_as_the_server_does(model_file, server, photos):
     files = sorted((photos / "a" / "b").glob("*.jpg"))
     local = json.loads(signs("predict", "--model", model_file, "--json", *files).stdout)
@@ -63,6 +64,7 @@ def test_predict_answers_as_the_server_does(model_file, server, photos):
             assert answer["probabilities"] == pytest.approx(probabilities, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_prints_text_and_csv(model_file, photos):
     text = signs("predict", "--model", model_file, photos / "a")
     lines = text.stdout.splitlines()
@@ -77,6 +79,7 @@ def test_predict_prints_text_and_csv(model_file, photos):
     assert sum(float(rows[0][f"p_{c}"]) for c in range(6)) == pytest.approx(1, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_predict_names_missing_paths_and_empty_folders(model_file, tmp_path):
     (tmp_path / "empty").mkdir()
     result = signs("predict", "--model", model_file, "--json", tmp_path / "nothing.jpg", tmp_path / "empty")
@@ -84,6 +87,7 @@ def test_predict_names_missing_paths_and_empty_folders(model_file, tmp_path):
     assert [r["error"] for r in json.loads(result.stdout)] == ["no such file or folder", "folder holds no image files"]
 
 
+@pytest.mark.slow
 def test_the_model_defaults_to_signs_model_then_runs_default(model_file, signs_jpegs, tmp_path):
     result = signs("predict", "--json", signs_jpegs[0], env={"SIGNS_MODEL": str(model_file)}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -135,6 +139,7 @@ def test_every_option_says_what_it_does_and_its_default():
     assert missing == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_model_file_is_one_line(tmp_path):
     (tmp_path / "model.safetensors").mkdir()
     result = signs("predict", "--model", tmp_path / "model.safetensors", tmp_path)

@@ -21,6 +21,8 @@ from signs_resnet import data, load_model, train
 from signs_resnet.distributed import parameter_digest
 from signs_resnet.model import ResNet50Model
 
+pytestmark = pytest.mark.slow  # real torchrun process groups
+
 PROCESSES = 2
 OPTIONS = ["--epochs", 2, "--batch-size", 16, "--learning-rate", 1e-3, "--precision", "fp32", "--no-augment",
            "--no-progress", "--checkpoint-every-s", 0]

@@ -29,6 +29,7 @@ def exported(model_file, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_writes_one_complete_onnx_file_with_metadata(exported, model_file):
     assert [p.name for p in exported.parent.iterdir()] == ["model.onnx"]  # no temporary files left behind
     proto = onnx.load(str(exported))
@@ -40,6 +41,7 @@ def test_export_writes_one_complete_onnx_file_with_metadata(exported, model_file
     assert [o.name for o in proto.graph.output] == [OUTPUT_NAME, LOGITS_NAME]
 
 
+@pytest.mark.slow
 def test_onnx_runtime_matches_pytorch(exported, model_file, sample_jpg, signs_jpegs):
     """Probabilities agree within PARITY_TOLERANCE and logits within LOGITS_TOLERANCE (relative) on real
     photos and random inputs, at several batch sizes."""
@@ -84,6 +86,7 @@ def int8_exported(model_file, tmp_path_factory):
     return model, folder / "model.int8.onnx"
 
 
+@pytest.mark.slow
 def test_int8_export_is_a_quantized_graph_of_this_model(int8_exported):
     model, int8 = int8_exported
     assert sorted(p.name for p in int8.parent.iterdir()) == ["model.int8.onnx", "model.safetensors"]
@@ -113,6 +116,7 @@ def test_int8_export_is_a_quantized_graph_of_this_model(int8_exported):
     assert head.input[1] not in dequantized  # the dense layer keeps float weights
 
 
+@pytest.mark.slow
 def test_openvino_form_computes_the_same_function():
     network = ResNet50().eval()
     generator = torch.Generator().manual_seed(0)
@@ -133,6 +137,7 @@ def test_openvino_form_computes_the_same_function():
         torch.testing.assert_close(rewritten(images), network(images), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_int8_engine_follows_the_fp32_model_and_auto_picks_it(int8_exported, sample_jpg, signs_jpegs):
     model = load_model(int8_exported[0])
     assert load_engine(model, "auto").describe() == "openvino-int8 (int8)"
@@ -143,6 +148,7 @@ def test_int8_engine_follows_the_fp32_model_and_auto_picks_it(int8_exported, sam
     assert engine.run(photos[:1]).shape == (1, 6)
 
 
+@pytest.mark.slow
 def test_int8_graph_of_another_model_is_not_used(int8_exported, tmp_path):
     source, int8 = int8_exported
     model = load_model(source)

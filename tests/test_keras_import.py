@@ -134,6 +134,7 @@ def test_keras2_file_maps_every_weight_by_its_original_name(tmp_path, keras_laye
     assert model.metadata["source"]["keras_version"] == "2.2.2"
 
 
+@pytest.mark.slow
 def test_cli_import_then_predict_and_evaluate(tmp_path, keras_layers, capsys):
     path = write_keras2(tmp_path / "res.h5", keras_layers)
     assert main(["import-keras", str(path), "--out", str(tmp_path / "imported")]) == 0
@@ -391,6 +392,7 @@ def test_keras3_weights_file_gives_keras_outputs(tmp_path, keras_model, keras_re
     assert_same_outputs(tmp_path / "model.safetensors", *keras_reference)
 
 
+@pytest.mark.slow
 def test_keras3_larger_input_flattens_like_keras(tmp_path, keras):
     """At 128 x 96 the pooled features are 2 x 1 x 2048: the dense kernel's rows must be reordered."""
     keras_model = build_original_keras_model(keras, input_shape=(128, 96, 3))

@@ -47,6 +47,7 @@ def bad_model_files(model_file: Path, folder: Path) -> dict[str, Path]:
     return {name: folder / f"{name}.safetensors" for name in ("truncated", "random bytes", "checkpoint", "foreign")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, workers", [("truncated", 1), ("random bytes", 1), ("checkpoint", 1),
                                            ("foreign", 1), ("truncated", 2)])
 def test_a_bad_model_file_stops_start_up_with_one_line_naming_it(model_file, tmp_path, kind, workers):
@@ -66,6 +67,7 @@ def test_a_bad_model_file_stops_start_up_with_one_line_naming_it(model_file, tmp
 # --- shutdown: SIGTERM answers what is in flight, then exits 0 ----------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_answers_requests_in_flight_then_exits_0(model_file, tmp_path):
     server = start_server(model_file, tmp_path / "server.log", "--engine", "torch-fp32", "--max-batch-size", "4")
     png = big_png()
@@ -140,6 +142,7 @@ def impatient_server(model_file, tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("payload", [
     b"",  # connects and says nothing
     b"POST /predict HTTP/1.1\r\nHost: x\r\n",  # headers that never end

@@ -49,6 +49,7 @@ def uninterrupted(signs_slice, tmp_path_factory):
     return load_model(out / MODEL_FILE)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_model(signs_slice, tmp_path, uninterrupted):
     process = start_and_wait_for_epoch(signs_slice, tmp_path, 1)
     process.kill()  # SIGKILL in the middle of epoch 2: no chance to clean up
@@ -65,6 +66,7 @@ def test_killed_training_resumes_to_the_same_model(signs_slice, tmp_path, uninte
     assert len((tmp_path / METRICS_FILE).read_text().splitlines()) == EPOCHS + 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_after_the_checkpoint_and_resumes(signs_slice, tmp_path, uninterrupted):
     process = start_and_wait_for_epoch(signs_slice, tmp_path, 1)
     process.send_signal(signal.SIGINT)

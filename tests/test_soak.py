@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # a sustained load, then shedding
 
 
 def test_sustained_load_then_shedding(model_file):

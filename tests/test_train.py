@@ -20,6 +20,7 @@ def trained(tmp_path_factory, signs_slice):
     return out, fit(config)
 
 
+@pytest.mark.slow
 def test_training_learns(trained):
     out, summary = trained
     history = load_model(out / "model.safetensors").metadata["history"]
@@ -28,6 +29,7 @@ def test_training_learns(trained):
     assert summary["test"]["n"] == 48
 
 
+@pytest.mark.slow
 def test_checkpoints_follow_the_interval_and_metrics_every_epoch(tmp_path, signs_slice):
     checkpoints = []
     write_epoch_files = train._write_epoch_files
@@ -46,6 +48,7 @@ def test_checkpoints_follow_the_interval_and_metrics_every_epoch(tmp_path, signs
     assert load_model(tmp_path / "model.safetensors").metadata["training"]["checkpoint_every_s"] == 3600
 
 
+@pytest.mark.slow
 def test_training_writes_the_model_metrics_and_plots(trained):
     out, summary = trained
     assert {"model.safetensors", "checkpoint.safetensors", "metrics.csv", "curves.png", "confusion.png"} <= {
@@ -59,6 +62,7 @@ def test_training_writes_the_model_metrics_and_plots(trained):
     assert model.checksum == summary["checksum"]
 
 
+@pytest.mark.slow
 def test_inference_mode_accuracy_is_close_to_training_mode(trained, signs_slice):
     """The original's batch-norm defect: inference-mode accuracy must not collapse."""
     out, _ = trained
@@ -72,6 +76,7 @@ def test_inference_mode_accuracy_is_close_to_training_mode(trained, signs_slice)
     assert abs(eval_accuracy - train_mode_accuracy) < 0.1
 
 
+@pytest.mark.slow
 def test_recalibration_fixes_stale_batch_norm_statistics(trained, signs_slice):
     out, _ = trained
     network = load_model(out / "model.safetensors").network
@@ -91,6 +96,7 @@ def signs(*args, **kwargs):
                           timeout=300, **kwargs)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_and_predict(trained, signs_slice, sample_jpg, tmp_path):
     out, summary = trained
     model = out / "model.safetensors"
@@ -113,6 +119,7 @@ def model_classes():
     return [str(i) for i in range(6)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"", b"not a model at all", None])
 def test_cli_refuses_bad_model_files_without_a_traceback(tmp_path, trained, sample_jpg, content):
     out, _ = trained
@@ -128,6 +135,7 @@ def test_cli_refuses_bad_model_files_without_a_traceback(tmp_path, trained, samp
         assert str(path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_bad_data_path_and_bad_image(trained, tmp_path):
     out, _ = trained
     result = signs("train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--no-progress")
@@ -139,6 +147,7 @@ def test_cli_bad_data_path_and_bad_image(trained, tmp_path):
     assert "junk.jpg" in json.loads(result.stdout)[0]["error"]
 
 
+@pytest.mark.slow
 def test_failed_training_does_not_overwrite_an_existing_model(trained, tmp_path):
     out, _ = trained
     before = (out / "model.safetensors").read_bytes()
@@ -156,6 +165,7 @@ def test_fitted_temperature_recovers_an_overconfident_models_scale():
     assert fit_temperature(logits, labels) == pytest.approx(1, rel=0.1)
 
 
+@pytest.mark.slow
 def test_the_model_carries_the_recipes_temperature(trained):
     out, summary = trained
     model = load_model(out / "model.safetensors")
@@ -183,6 +193,7 @@ def test_unknown_precision_is_refused():
         train.resolve_precision("fp16", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_the_model_records_the_precision_it_trained_in(trained):
     out, _ = trained
     recorded = load_model(out / "model.safetensors").metadata["training"]["precision"]

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import start_server
 
+pytestmark = pytest.mark.slow  # a real browser
+
 CHROMIUM = os.environ.get("SIGNS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
