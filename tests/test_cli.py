@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,12 +70,14 @@ def test_predict_prints_text_and_csv(model_file, photos):
     text = signs("predict", "--model", model_file, photos / "a")
     lines = text.stdout.splitlines()
     assert text.returncode == 0 and len(lines) == 3
-    assert all(line.startswith(str(photos / "a" / "b")) and line.endswith("%)") for line in lines)
+    assert all(re.fullmatch(re.escape(str(photos / "a" / "b")) + r"/\d\.jpg: \d \(\d+\.\d%(, not confident)?\)", line)
+               for line in lines), lines
 
     table = signs("predict", "--model", model_file, "--csv", photos)
     rows = list(csv.DictReader(io.StringIO(table.stdout)))
     assert table.returncode == 1 and len(rows) == 5
-    assert list(rows[0]) == ["path", "label", "probability", *(f"p_{c}" for c in range(6)), "error"]
+    assert list(rows[0]) == ["path", "label", "probability", "confident", *(f"p_{c}" for c in range(6)), "error"]
+    assert {row["confident"] for row in rows} <= {"yes", "no", ""} and rows[3]["confident"] == ""
     assert rows[3]["error"] and not rows[3]["label"] and not rows[0]["error"]
     assert sum(float(rows[0][f"p_{c}"]) for c in range(6)) == pytest.approx(1, abs=1e-3)
 

@@ -73,12 +73,14 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
         rows = iter(probabilities)
         for result in results:
             if "error" not in result:
-                result |= answer(next(rows), engine.model.classes)
+                result |= answer(next(rows), engine.model.classes, engine.model.confidence_threshold)
     yield from results
 
 
-def answer(probabilities: list[float], classes: list[str]) -> dict[str, Any]:
-    """One image's answer from its class probabilities: the label, its probability, every class's."""
+def answer(probabilities: list[float], classes: list[str], confidence_threshold: float) -> dict[str, Any]:
+    """One image's answer from its class probabilities: the label, its probability, whether that is confident
+    (at least `confidence_threshold`), and every class's probability."""
     best = max(range(len(classes)), key=probabilities.__getitem__)
     return {"label": classes[best], "probability": round(probabilities[best], 6),
+            "confident": probabilities[best] >= confidence_threshold,
             "probabilities": {name: round(p, 6) for name, p in zip(classes, probabilities)}}

@@ -111,14 +111,16 @@ def format_results(results: list[dict], classes: list[str], style: str) -> str:
     if style == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "probability", *(f"p_{name}" for name in classes), "error"])
+        writer.writerow(["path", "label", "probability", "confident", *(f"p_{name}" for name in classes), "error"])
         for result in results:
             probabilities = result.get("probabilities", {})
-            writer.writerow([result["path"], result.get("label", ""), result.get("probability", ""),
+            confident = {True: "yes", False: "no"}.get(result.get("confident"), "")
+            writer.writerow([result["path"], result.get("label", ""), result.get("probability", ""), confident,
                              *(probabilities.get(name, "") for name in classes), result.get("error", "")])
         return buffer.getvalue()
     return "".join(f"{r['path']}: error: {r['error']}\n" if "error" in r else
-                   f"{r['path']}: {r['label']} ({r['probability']:.1%})\n" for r in results)
+                   f"{r['path']}: {r['label']} ({r['probability']:.1%}{'' if r['confident'] else ', not confident'})\n"
+                   for r in results)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -186,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--temperature", type=float, default=defaults.temperature,
                        help="softmax temperature stored with the model; fitted on val_signs instead with "
                             "--hold-out-validation (default: %(default)g)")
+    train.add_argument("--confidence-threshold", type=float, default=defaults.confidence_threshold,
+                       help="answers whose top probability is at least this are marked confident "
+                            "(default: %(default)g)")
     train.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed of the initial weights, batch order and augmentation (default: %(default)s)")
     train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,

@@ -5,7 +5,8 @@
     POST /v2/models/<name>/infer                 one input, either
          "input" FP32 [N, 3, 64, 64]: images already prepared (data.prepare_image: RGB scaled to [0, 1])
          "image" BYTES [N]: base64-encoded image files, prepared here exactly as /predict does
-      -> "probabilities" FP32 [N, classes] and "label" BYTES [N]
+      -> "probabilities" FP32 [N, classes], "label" BYTES [N] and "confident" BOOL [N] (the top probability
+         reaches the model's confidence threshold)
 
 Two routers, included by serve.create_app: `health_router` (open to probes) and `model_router`
 (metadata and inference, behind the API key when one is set); both read the app's typed Runtime.
@@ -32,7 +33,7 @@ from .predict import LoadedModel
 from .runtime import AppRuntime, Runtime, decode_error
 from .settings import ServeSettings
 
-OUTPUTS = ("probabilities", "label")
+OUTPUTS = ("probabilities", "label", "confident")
 
 
 class V2Live(BaseModel):
@@ -150,8 +151,10 @@ async def v2_metadata(model_name: str, runtime: AppRuntime) -> dict[str, Any]:
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, channels, height, width]},
                    {"name": "image", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(engine.model.classes)]},
-                    {"name": "label", "datatype": "BYTES", "shape": [-1]}],
+                    {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "confident", "datatype": "BOOL", "shape": [-1]}],
         "parameters": {"classes": engine.model.classes, "checksum": engine.model.checksum,
+                       "confidence_threshold": engine.model.confidence_threshold,
                        "input": "use one: 'input' (FP32 images scaled to [0, 1]) or 'image' (base64 files)"},
     }
 
@@ -174,9 +177,12 @@ async def v2_infer(model_name: str, request: Request, runtime: AppRuntime) -> di
         if output == "probabilities":
             outputs.append({"name": output, "datatype": "FP32", "shape": [len(rows), len(rows[0])],
                             "data": [value for row in rows for value in row]})
-        else:
+        elif output == "label":
             labels = [engine.model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
             outputs.append({"name": output, "datatype": "BYTES", "shape": [len(labels)], "data": labels})
+        else:
+            confident = [max(row) >= engine.model.confidence_threshold for row in rows]
+            outputs.append({"name": output, "datatype": "BOOL", "shape": [len(confident)], "data": confident})
     return {"model_name": model_name, "model_version": engine.model.checksum[:12], "id": payload.id,
             "outputs": outputs}
 

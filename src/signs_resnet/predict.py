@@ -22,6 +22,10 @@ def default_model_path() -> str:
     return os.environ.get("SIGNS_MODEL") or DEFAULT_MODEL
 
 
+# For models written before training stored a confidence threshold: the default recipe's (train.TrainConfig).
+DEFAULT_CONFIDENCE_THRESHOLD = 0.998
+
+
 @dataclass
 class LoadedModel:
     network: ResNet50Model
@@ -34,6 +38,11 @@ class LoadedModel:
     @property
     def image_size(self) -> int:
         return self.input_shape[0]
+
+    @property
+    def confidence_threshold(self) -> float:
+        """An answer is confident when its top probability is at least this (docs/accuracy.md, "Confidence")."""
+        return float(self.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
 
 
 def save_model(path: str | Path, model: ResNet50Model, metadata: dict[str, Any]) -> str:

@@ -14,6 +14,8 @@ class ImageResult(BaseModel):
     filename: str | None = None
     label: str = Field(description="the most probable class")
     probability: float
+    confident: bool = Field(description="whether `probability` reaches the model's confidence threshold, fixed on "
+                                        "SIGNS data; an answer that is not confident is often wrong")
     predictions: list[Prediction] = Field(description="every class, most probable first")
     image: str | None = Field(None, description="with ?include_image=true: the 64x64 model input as a PNG data URL")
 

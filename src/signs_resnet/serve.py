@@ -145,7 +145,9 @@ async def predict_route(request: Request) -> JSONResponse:
     for index, (name, _) in enumerate(uploads):
         predictions = _sorted_predictions(result.probabilities[index], engine.model.classes)
         results.append({"filename": name, "label": predictions[0]["label"],
-                        "probability": predictions[0]["probability"], "predictions": predictions})
+                        "probability": predictions[0]["probability"],
+                        "confident": max(result.probabilities[index]) >= engine.model.confidence_threshold,
+                        "predictions": predictions})
         if pngs:
             results[-1]["image"] = pngs[index]
     body: dict[str, Any] = {"success": True}

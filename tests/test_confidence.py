@@ -1,0 +1,98 @@
+"""Every answer says whether it is confident, by the model's threshold (fixed on SIGNS data): the API, the Open
+Inference Protocol, the CLI and the web page; an image with no hand at all is answered, not confident."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from signs_resnet.predict import DEFAULT_CONFIDENCE_THRESHOLD, load_model
+from signs_resnet.train import TrainConfig
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+NO_HAND = png(np.full((120, 160, 3), 128, dtype=np.uint8))  # a grey wall
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with server.client() as client:
+        yield client
+
+
+def test_the_threshold_travels_with_the_model(model_file):
+    model = load_model(model_file)
+    assert TrainConfig().confidence_threshold == DEFAULT_CONFIDENCE_THRESHOLD
+    assert model.confidence_threshold == model.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD)
+    model.metadata["confidence_threshold"] = 0.25
+    assert model.confidence_threshold == 0.25
+
+
+def test_predict_answers_say_whether_they_are_confident(client, sample_jpg, model_file):
+    threshold = load_model(model_file).confidence_threshold
+    body = client.post("/predict", files=[("image", ("sample.jpg", sample_jpg.read_bytes())),
+                                          ("image", ("wall.png", NO_HAND))]).json()
+    for result in body["results"]:
+        assert result["confident"] is (result["probability"] >= threshold)
+    wall = body["results"][1]
+    assert wall["label"] in [str(c) for c in range(6)] and wall["confident"] is False
+    documented = client.get("/openapi.json").json()["components"]["schemas"]["ImageResult"]
+    assert "confident" in documented["properties"] and "confident" in documented["required"]
+
+
+def test_v2_answers_carry_a_confident_output(client):
+    import base64
+
+    image = base64.b64encode(NO_HAND).decode()
+    request = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [image, image]}]}
+    outputs = {o["name"]: o for o in client.post("/v2/models/signs-resnet50/infer", json=request).json()["outputs"]}
+    assert outputs["confident"] == {"name": "confident", "datatype": "BOOL", "shape": [2], "data": [False, False]}
+    metadata = client.get("/v2/models/signs-resnet50").json()
+    assert {"name": "confident", "datatype": "BOOL", "shape": [-1]} in metadata["outputs"]
+    only = client.post("/v2/models/signs-resnet50/infer", json=request | {"outputs": [{"name": "confident"}]}).json()
+    assert [o["name"] for o in only["outputs"]] == ["confident"]
+
+
+def test_the_cli_says_whether_each_answer_is_confident(model_file, tmp_path):
+    (tmp_path / "wall.png").write_bytes(NO_HAND)
+    command = [sys.executable, "-m", "signs_resnet", "predict", "--model", str(model_file), "--engine", "torch-fp32"]
+    run = lambda *args: subprocess.run([*command, *args], capture_output=True, text=True, cwd=ROOT,  # noqa: E731
+                                       timeout=120, check=False)
+    [answer] = json.loads(run("--json", tmp_path / "wall.png").stdout)
+    assert answer["confident"] is False
+    assert run(tmp_path / "wall.png").stdout.strip().endswith(", not confident)")
+    header, row = run("--csv", tmp_path / "wall.png").stdout.splitlines()
+    assert header.split(",")[3] == "confident" and row.split(",")[3] == "no"
+
+
+@pytest.mark.slow
+def test_the_web_page_says_when_it_is_not_confident(server, tmp_path):
+    from test_web import ARGS, CHROMIUM
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "wall.png").write_bytes(NO_HAND)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.set_input_files("#file", str(tmp_path / "wall.png"))
+        page.wait_for_selector("#result.shown", timeout=30_000)
+        assert page.is_visible("#unsure") and "Not confident" in page.inner_text("#unsure")
+        assert not page.inner_text("#confidence").endswith("sure")
+        browser.close()
