@@ -204,3 +204,15 @@ def server(model_file, tmp_path_factory):
     server = start_server(model_file, tmp_path_factory.mktemp("server") / "server.log")
     yield server
     server.stop()
+
+
+API_KEY = "test-api-key"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(model_file, tmp_path_factory):
+    """A real server that wants API_KEY (a quick engine: the tests look at the key)."""
+    server = start_server(model_file, tmp_path_factory.mktemp("keyed") / "server.log", "--engine", "torch-fp32",
+                          "--max-batch-size", "4", env={"SIGNS_API_KEY": API_KEY})
+    yield server
+    server.stop()

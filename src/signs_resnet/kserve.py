@@ -1,12 +1,15 @@
-"""The Open Inference Protocol (KServe v2 REST), so existing KServe and Triton clients work.
+"""The Open Inference Protocol (KServe v2) over REST, as KServe's and Triton's clients speak it.
 
     GET  /v2/health/live, /v2/health/ready      the server
-    GET  /v2/models/<name>, .../ready            the model: inputs, outputs, classes
-    POST /v2/models/<name>/infer                 one input, either
-         "input" FP32 [N, 3, 64, 64]: images already prepared (data.prepare_image: RGB scaled to [0, 1])
-         "image" BYTES [N]: base64-encoded image files, prepared here exactly as /predict does
-      -> "probabilities" FP32 [N, classes], "label" BYTES [N] and "confident" BOOL [N] (the top probability
-         reaches the model's confidence threshold)
+    GET  /v2/models/<name>, .../ready            the model: inputs, outputs, classes, max_images
+    POST /v2/models/<name>/infer                 one input, "input" FP32 [N, 3, 64, 64] or "image" BYTES [N]
+      -> "probabilities" FP32 [N, classes], "label" BYTES [N], "confident" BOOL [N]   (tensors.py: what they hold)
+
+An infer body is JSON (with or without a JSON Content-Type), or, with the binary tensor data extension,
+JSON of `Inference-Header-Content-Length` bytes followed by each input's data in binary form (in input
+order, `parameters.binary_data_size` bytes each: FP32 as 4-byte floats, BYTES as length-prefixed image
+files). Outputs asked for with `parameters.binary_data` (or all of them, with the request's
+`parameters.binary_data_output`) come back the same way. In JSON, BYTES image files are base64 strings.
 
 Two routers, included by serve.create_app: `health_router` (open to probes) and `model_router`
 (metadata and inference, behind the API key when one is set); both read the app's typed Runtime.
@@ -15,25 +18,20 @@ Requests share the /predict batcher. Errors follow the protocol: {"error": "mess
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
+import json
 from typing import Any
 
-import numpy as np
-import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from . import __version__
-from .data import ImageError, prepare_image
+from . import __version__, tensors
 from .errors import ApiError
-from .predict import LoadedModel
-from .runtime import AppRuntime, Runtime, decode_error
-from .settings import ServeSettings
+from .runtime import AppRuntime, Runtime
+from .tensors import InputTensor
 
-OUTPUTS = ("probabilities", "label", "confident")
+HEADER_LENGTH = "inference-header-content-length"
+MEDIA_TYPES = ("application/json", "application/octet-stream")  # or none: the protocol needs no Content-Type
 
 
 class V2Live(BaseModel):
@@ -67,7 +65,8 @@ class V2ModelMetadata(BaseModel):
     platform: str
     inputs: list[V2TensorMetadata]
     outputs: list[V2TensorMetadata]
-    parameters: dict[str, Any] = Field(description="classes (the label of each probability column), checksum")
+    parameters: dict[str, Any] = Field(description="classes (the label of each probability column), checksum, "
+                                                   "max_images (per request)")
 
 
 class V2InferInput(BaseModel):
@@ -75,7 +74,9 @@ class V2InferInput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="FP32: numbers, flat (row-major) or nested; BYTES: base64-encoded images")
+    data: list[Any] | None = Field(None, description="FP32: numbers, flat (row-major) or nested; BYTES: "
+                                                     "base64-encoded images. Absent when parameters.binary_data_size "
+                                                     "says how many bytes after the JSON hold it")
 
 
 class V2RequestedOutput(BaseModel):
@@ -94,7 +95,8 @@ class V2InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size, for an output in binary form")
+    data: list[Any] | None = None
 
 
 class V2InferResponse(BaseModel):
@@ -120,7 +122,7 @@ def _check_name(runtime: Runtime, model_name: str) -> None:
 
 @health_router.get("/v2", response_model=V2ServerMetadata)
 async def v2_server() -> dict[str, Any]:
-    return {"name": "signs-resnet", "version": __version__, "extensions": []}
+    return {"name": "signs-resnet", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @health_router.get("/v2/health/live", response_model=V2Live)
@@ -145,99 +147,123 @@ async def v2_model_ready(model_name: str, runtime: AppRuntime):
 async def v2_metadata(model_name: str, runtime: AppRuntime) -> dict[str, Any]:
     _check_name(runtime, model_name)
     engine = runtime.ready_engine()
-    height, width, channels = engine.model.input_shape
     return {
         "name": model_name, "versions": [engine.model.checksum[:12]], "platform": engine.describe(),
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, channels, height, width]},
-                   {"name": "image", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(engine.model.classes)]},
-                    {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "confident", "datatype": "BOOL", "shape": [-1]}],
+        **tensors.model_metadata(engine),
         "parameters": {"classes": engine.model.classes, "checksum": engine.model.checksum,
+                       "max_images": runtime.settings.max_images,
                        "confidence_threshold": engine.model.confidence_threshold,
-                       "input": "use one: 'input' (FP32 images scaled to [0, 1]) or 'image' (base64 files)"},
+                       "input": "use one: 'input' (FP32 images scaled to [0, 1]) or 'image' (image files)"},
     }
 
 
 @model_router.post("/v2/models/{model_name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
                    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                        "schema": {"$ref": "#/components/schemas/V2InferRequest"}}}}},
-                   responses={status: {"model": V2Error} for status in (400, 401, 404, 408, 413, 503)})
-async def v2_infer(model_name: str, request: Request, runtime: AppRuntime) -> dict[str, Any]:
+                   responses={status: {"model": V2Error} for status in (400, 401, 404, 408, 413, 415, 503)})
+async def v2_infer(model_name: str, request: Request, runtime: AppRuntime) -> Response:
     _check_name(runtime, model_name)
-    if not request.headers.get("content-type", "").lower().startswith("application/json"):
-        raise ApiError(415, "unsupported_media_type", "send an Open Inference Protocol JSON body "
-                                                      "(Content-Type: application/json)")
+    _check_media_type(request)
+    runtime.ready_batcher().check_capacity()  # before reading the body
+    header_length = request.headers.get(HEADER_LENGTH)
     body = await request.body()
     engine = runtime.ready_engine()
-    payload, result, _ = await runtime.classify(lambda: inputs_of(body, engine.model, runtime.settings), 1)
-    rows = result.probabilities
-    outputs = []
-    for output in [o.name for o in payload.outputs] if payload.outputs else OUTPUTS:
-        if output == "probabilities":
-            outputs.append({"name": output, "datatype": "FP32", "shape": [len(rows), len(rows[0])],
-                            "data": [value for row in rows for value in row]})
-        elif output == "label":
-            labels = [engine.model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
-            outputs.append({"name": output, "datatype": "BYTES", "shape": [len(labels)], "data": labels})
+
+    def prepare():
+        payload, inputs, binary_outputs = read_request(body, header_length)
+        return tensors.images_of(inputs, engine, runtime.settings), (payload, binary_outputs)
+
+    (payload, binary_outputs), result, _ = await runtime.classify(prepare, 1)
+    outputs = tensors.output_tensors(result.probabilities, engine.model,
+                                     [o.name for o in payload.outputs or []])
+    answer: dict[str, Any] = {"model_name": model_name, "model_version": engine.model.checksum[:12]}
+    if payload.id is not None:
+        answer["id"] = payload.id
+    answer["outputs"], binaries = [], []
+    for output in outputs:
+        entry: dict[str, Any] = {"name": output.name, "shape": output.shape, "datatype": output.datatype}
+        if binary_outputs(output.name):
+            binaries.append(output.raw())
+            entry["parameters"] = {"binary_data_size": len(binaries[-1])}
         else:
-            confident = [max(row) >= engine.model.confidence_threshold for row in rows]
-            outputs.append({"name": output, "datatype": "BOOL", "shape": [len(confident)], "data": confident})
-    return {"model_name": model_name, "model_version": engine.model.checksum[:12], "id": payload.id,
-            "outputs": outputs}
+            entry["data"] = output.values
+        answer["outputs"].append(entry)
+    if not binaries:
+        return JSONResponse(answer)
+    header = json.dumps(answer, separators=(",", ":")).encode()
+    return Response(header + b"".join(binaries), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-def inputs_of(body: bytes, model: LoadedModel, settings: ServeSettings) -> tuple[torch.Tensor, V2InferRequest]:
-    """Parse and check an infer request: (prepared images, the request). Runs in a worker thread: a big
-    tensor takes a while to parse."""
+def _check_media_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type and media_type not in MEDIA_TYPES:
+        raise ApiError(415, "unsupported_media_type", "send an Open Inference Protocol body: JSON "
+                       "(Content-Type: application/json, or none), optionally followed by binary tensor data "
+                       f"(Inference-Header-Content-Length); got {media_type}")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise ApiError(415, "unsupported_media_type", f"send the body uncompressed (Content-Encoding {encoding} "
+                                                      "is not supported)")
+
+
+def read_request(body: bytes, header_length: str | None):
+    """An infer body as (the JSON request, its inputs as tensors, whether each output goes back in binary
+    form); ApiError 400 for anything malformed. Runs in a decoding thread: a big JSON tensor takes a while."""
+    json_part, binary = _split_body(body, header_length)
     try:
-        payload = V2InferRequest.model_validate_json(body)
+        payload = V2InferRequest.model_validate_json(json_part)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
-        raise ApiError(400, "invalid_request", f"not an inference request: {problems}") from None
-    unknown = [o.name for o in payload.outputs or [] if o.name not in OUTPUTS]
-    if unknown:
-        raise ApiError(400, "unknown_output", f"unknown outputs {unknown}; outputs: {', '.join(OUTPUTS)}")
-    if len(payload.inputs) != 1:
-        raise ApiError(400, "invalid_request", "send exactly one input: 'input' (FP32) or 'image' (BYTES)")
-    tensor = payload.inputs[0]
-    height, width, channels = model.input_shape
-    if tensor.datatype == "FP32":
-        expected = [channels, height, width]
-        if len(tensor.shape) != 4 or tensor.shape[1:] != expected or tensor.shape[0] < 1:
-            raise ApiError(400, "invalid_shape", f"FP32 input must have shape [N, {channels}, {height}, {width}], "
-                                                 f"got {tensor.shape}")
-        if tensor.shape[0] > settings.max_images:
-            raise ApiError(413, "too_many_images", f"at most {settings.max_images} images per request")
-        try:
-            values = np.asarray(tensor.data, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise ApiError(400, "invalid_data", "FP32 data must be numbers (flat or nested lists)") from None
-        if values.size != math.prod(tensor.shape):
-            raise ApiError(400, "invalid_shape", f"shape {tensor.shape} needs {math.prod(tensor.shape)} values, "
-                                                 f"got {values.size}")
-        if not np.isfinite(values).all():
-            raise ApiError(400, "invalid_data", "FP32 data must be finite numbers")
-        return torch.from_numpy(values.reshape(tensor.shape).copy()), payload
-    if tensor.datatype == "BYTES":
-        if len(tensor.data) != math.prod(tensor.shape) or not tensor.data:
-            raise ApiError(400, "invalid_shape", f"shape {tensor.shape} does not match {len(tensor.data)} images")
-        if len(tensor.data) > settings.max_images:
-            raise ApiError(413, "too_many_images", f"at most {settings.max_images} images per request")
-        images = []
-        for index, item in enumerate(tensor.data):
-            try:
-                blob = base64.b64decode(item, validate=True) if isinstance(item, str) else None
-            except (binascii.Error, ValueError):
-                blob = None
-            if not blob:
-                raise ApiError(400, "invalid_data", f"image {index + 1}: BYTES data must be a base64-encoded image")
-            try:
-                images.append(prepare_image(blob, height, settings.max_pixels))
-            except ImageError as error:
-                raise decode_error(index, None, error) from None
-        return torch.stack(images), payload
-    raise ApiError(400, "invalid_datatype", f"datatype must be FP32 or BYTES, got {tensor.datatype!r}")
+        where = f" (the first {len(json_part)} bytes, by Inference-Header-Content-Length)" if header_length else ""
+        raise ApiError(400, "invalid_request", f"not an inference request{where}: {problems}") from None
+    tensors.check_outputs([o.name for o in payload.outputs or []])
+    inputs, offset = [], 0
+    for tensor in payload.inputs:
+        size = (tensor.parameters or {}).get("binary_data_size")
+        raw = None
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ApiError(400, "invalid_request", f"input {tensor.name!r}: binary_data_size must be a whole "
+                                                       f"number of bytes, got {size!r}")
+            if offset + size > len(binary):
+                raise ApiError(400, "invalid_request", f"input {tensor.name!r}: binary_data_size {size} runs past "
+                                                       f"the end of the body ({len(binary) - offset} bytes of binary "
+                                                       "data left)")
+            raw, offset = binary[offset:offset + size], offset + size
+        inputs.append(InputTensor(tensor.name, tensor.datatype, tensor.shape, tensor.data, raw))
+    if offset != len(binary):
+        raise ApiError(400, "invalid_request", f"{len(binary)} bytes of binary data follow the JSON header, but the "
+                                               f"inputs' binary_data_size add up to {offset}")
+    return payload, inputs, _binary_outputs(payload)
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(the JSON header, the binary data after it)."""
+    if header_length is None:
+        return body, b""
+    if not (header_length.isascii() and header_length.isdigit()):
+        raise ApiError(400, "invalid_request", f"Inference-Header-Content-Length must be a number of bytes, "
+                                               f"got {header_length!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise ApiError(400, "invalid_request", f"Inference-Header-Content-Length is {length}, but the body has "
+                                               f"{len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def _binary_outputs(payload: V2InferRequest):
+    """Whether an output goes back in binary form: its own `binary_data`, else the request's
+    `binary_data_output`, else not."""
+    def flag(parameters: dict[str, Any] | None, name: str, default: bool) -> bool:
+        value = (parameters or {}).get(name, default)
+        if not isinstance(value, bool):
+            raise ApiError(400, "invalid_request", f"parameter {name} must be true or false, got {value!r}")
+        return value
+
+    default = flag(payload.parameters, "binary_data_output", False)
+    chosen = {o.name: flag(o.parameters, "binary_data", default) for o in payload.outputs or []}
+    return lambda name: chosen.get(name, default)
 
 
 def request_schemas() -> dict[str, Any]:
