@@ -121,6 +121,7 @@ class Server:
     url: str
     log: Path
     readiness: list[int] = field(default_factory=list)  # /readyz statuses seen while starting
+    grpc_address: str | None = None  # host:port of its gRPC service, when started with grpc=True
 
     def client(self, **options) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **options)
@@ -135,14 +136,17 @@ class Server:
 
 
 def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 120) -> Server:
-    """`python -m signs_resnet serve` on a free loopback port; returns once /readyz answers 200."""
+                 timeout: float = 120, grpc: bool = False) -> Server:
+    """`python -m signs_resnet serve` on a free loopback port (and gRPC on another, with `grpc`); returns
+    once /readyz answers 200."""
     port = free_port()
-    command = [sys.executable, "-m", "signs_resnet", "serve", "--model", str(model), "--port", str(port), *args]
+    grpc_port = free_port() if grpc else None
+    command = [sys.executable, "-m", "signs_resnet", "serve", "--model", str(model), "--port", str(port), *args,
+               *(["--grpc-port", str(grpc_port)] if grpc else [])]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")} | (env or {})
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    server = Server(process, f"http://127.0.0.1:{port}", log, grpc_address=f"127.0.0.1:{grpc_port}" if grpc else None)
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
@@ -200,8 +204,8 @@ def raw_exchange(url: str, payload: bytes, timeout: float = 30) -> RawAnswer:
 
 @pytest.fixture(scope="session")
 def server(model_file, tmp_path_factory):
-    """One real server for the whole session."""
-    server = start_server(model_file, tmp_path_factory.mktemp("server") / "server.log")
+    """One real server for the whole session, HTTP and gRPC."""
+    server = start_server(model_file, tmp_path_factory.mktemp("server") / "server.log", grpc=True)
     yield server
     server.stop()
 
@@ -211,8 +215,8 @@ API_KEY = "test-api-key"
 
 @pytest.fixture(scope="session")
 def keyed_server(model_file, tmp_path_factory):
-    """A real server that wants API_KEY (a quick engine: the tests look at the key)."""
+    """A real server, HTTP and gRPC, that wants API_KEY (a quick engine: the tests look at the key)."""
     server = start_server(model_file, tmp_path_factory.mktemp("keyed") / "server.log", "--engine", "torch-fp32",
-                          "--max-batch-size", "4", env={"SIGNS_API_KEY": API_KEY})
+                          "--max-batch-size", "4", env={"SIGNS_API_KEY": API_KEY}, grpc=True)
     yield server
     server.stop()

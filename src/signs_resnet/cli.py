@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help=MODEL_HELP)
     serve.add_argument("--host", help=f"address to listen on (default: {serve_defaults.host})")
     serve.add_argument("--port", type=int, help=f"port to listen on (default: {serve_defaults.port})")
+    serve.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol over gRPC on this "
+                                                     "port (default: none, no gRPC)")
     serve.add_argument("--workers", type=int, help=f"server processes (default: {serve_defaults.workers})")
     serve.add_argument("--engine", choices=ENGINES, help=f"inference engine (default: {serve_defaults.engine})")
     serve.add_argument("--threads", type=int, help="inference threads per process (default: one per core)")

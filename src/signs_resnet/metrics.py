@@ -10,6 +10,8 @@ from .errors import error_response
 
 log = logging.getLogger(__name__)
 
+LATENCY_BUCKETS = (.001, .002, .003, .004, .005, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
+
 
 class Metrics:
     """Prometheus metrics of one server process (all processes, with PROMETHEUS_MULTIPROC_DIR)."""
@@ -21,9 +23,11 @@ class Metrics:
         self.requests = Counter("signs_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("signs_http_request_duration_seconds", "HTTP request latency by route",
-                                 ["route"], registry=self.registry,
-                                 buckets=(.001, .002, .003, .004, .005, .006, .008, .01, .015, .02, .03, .05, .075,
-                                          .1, .25, .5, 1, 2.5, 5, 10))
+                                 ["route"], registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.grpc_requests = Counter("signs_grpc_requests", "gRPC calls by method and status code",
+                                     ["method", "code"], registry=self.registry)
+        self.grpc_latency = Histogram("signs_grpc_request_duration_seconds", "gRPC call latency by method",
+                                      ["method"], registry=self.registry, buckets=LATENCY_BUCKETS)
         self.batch_size = Histogram("signs_batch_size", "Images per forward pass", registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.inference = Histogram("signs_inference_seconds", "Seconds per forward pass", registry=self.registry,

@@ -10,8 +10,9 @@ A request flows:
 The event loop only parses HTTP and moves bytes. What is refused before any work is done (oversized
 headers and bodies, slow requests, a missing API key) is in guards.py; every refusal is a JSON error
 (errors.py). Also served: /healthz, /readyz, /metrics (Prometheus, metrics.py), /docs (OpenAPI), the
-web page at /, and the Open Inference Protocol (KServe v2 REST) under /v2 (kserve.py). runner.py
-starts it all under uvicorn.
+web page at /, the Open Inference Protocol
+(KServe v2) over REST under /v2 (kserve.py) and, with a grpc_port, over gRPC (grpc_service.py).
+runner.py starts it all under uvicorn.
 """
 
 from __future__ import annotations
@@ -199,7 +200,14 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await runtime.start(engine)
+        grpc_server = None
+        if settings.grpc_port:
+            from .grpc_service import start_grpc_server  # here: the HTTP-only server never loads grpc
+
+            grpc_server = await start_grpc_server(runtime)
         yield
+        if grpc_server:
+            await grpc_server.stop(settings.request_timeout_s)
         await runtime.stop()
 
     app = FastAPI(title="SIGNS hand-sign classifier", version=__version__, lifespan=lifespan,

@@ -23,6 +23,7 @@ class ServeSettings:
     model: str = DEFAULT_MODEL
     host: str = "127.0.0.1"
     port: int = 5000
+    grpc_port: int = 0  # the Open Inference Protocol over gRPC on this port too; 0: no gRPC
     workers: int = 1  # server processes, each with its own model and batcher
     engine: str = "auto"  # see engines.ENGINES; auto: the fastest measured (docs/performance.md)
     threads: int = 0  # inference threads per process (0: one per core)
@@ -72,6 +73,9 @@ class ServeSettings:
                      "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.grpc_port <= 65535 or (self.grpc_port and self.grpc_port == self.port):
+            raise ValueError(f"grpc_port must be a port other than port {self.port} (or 0: no gRPC), "
+                             f"got {self.grpc_port}")
         if self.max_wait_ms < 0 or self.threads < 0:
             raise ValueError("max_wait_ms and threads must not be negative")
         if not self.request_timeout_s > 0:
