@@ -238,7 +238,11 @@ def test_metrics(client, sample_jpg):
 
 
 def test_openapi_docs(client):
-    assert "swagger" in client.get("/docs").text.lower()
+    page = client.get("/docs").text
+    assert "swagger" in page.lower()
+    assert "https://" not in page and "http://" not in page  # every asset from this server (test_web.py loads it)
+    for asset in re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', page) or ["none found"]:
+        assert client.get(asset).status_code == 200, asset
     schema = client.get("/openapi.json").json()
     for path in ("/predict", "/healthz", "/readyz", "/metrics", "/v2/models/{model_name}/infer"):
         assert path in schema["paths"]

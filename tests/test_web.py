@@ -102,3 +102,28 @@ def test_on_a_server_with_an_api_key_the_page_asks_for_it(browser, model_file, s
         assert not errors, errors
     finally:
         server.stop()
+
+
+def test_api_docs_work_offline_and_show_the_predict_operation(browser, server):
+    """/docs with every request to another host refused: Swagger UI comes from the server itself."""
+    page = browser.new_page()
+    elsewhere: list[str] = []
+    errors: list[str] = []
+
+    def only_the_server(route) -> None:
+        if route.request.url.startswith(server.url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server.url + "/docs")
+    operation = page.locator(".opblock-post .opblock-summary-path[data-path='/predict']")
+    operation.wait_for(timeout=30_000)
+    operation.click()  # expands: the multipart upload field is documented
+    page.wait_for_selector(".opblock-post.is-open .parameters-col_description", timeout=30_000)
+    assert "image" in page.locator(".opblock-post.is-open").inner_text()
+    assert page.locator(".opblock-summary-path[data-path='/v2/models/{model_name}/infer']").count() == 1
+    assert elsewhere == [] and errors == [], (elsewhere, errors)

@@ -9,8 +9,8 @@ A request flows:
 
 The event loop only parses HTTP and moves bytes. What is refused before any work is done (oversized
 headers and bodies, slow requests, a missing API key) is in guards.py; every refusal is a JSON error
-(errors.py). Also served: /healthz, /readyz, /metrics (Prometheus, metrics.py), /docs (OpenAPI), the
-web page at /, the Open Inference Protocol
+(errors.py). Also served: /healthz, /readyz, /metrics (Prometheus, metrics.py), /docs (Swagger UI from
+the package's own files: no request leaves the machine), the web page at /, the Open Inference Protocol
 (KServe v2) over REST under /v2 (kserve.py) and, with a grpc_port, over gRPC (grpc_service.py).
 runner.py starts it all under uvicorn.
 """
@@ -28,12 +28,15 @@ import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
+from swagger_ui_bundle import swagger_ui_path
 
 from . import __version__, kserve
 from .batching import predict
@@ -172,6 +175,20 @@ async def page() -> HTMLResponse:
     return HTMLResponse(_static_page())
 
 
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's files, from the swagger-ui-bundle-v2 package
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+async def docs_page(request: Request) -> HTMLResponse:
+    """Swagger UI, self-hosted as FastAPI documents it (docs_url=None plus this route): its script, style
+    and icon come from DOCS_ASSETS, and the online validator badge is off, so the page works offline."""
+    return get_swagger_ui_html(openapi_url=request.app.openapi_url, title=f"{request.app.title} - API",
+                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                               swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+                               swagger_ui_parameters={"validatorUrl": None})
+
+
 @router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     """Alive: the process answers HTTP."""
@@ -213,6 +230,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app = FastAPI(title="SIGNS hand-sign classifier", version=__version__, lifespan=lifespan,
                   description="ResNet50 on the SIGNS hand signs (digits 0-5). The original `/predict`, plus "
                               "the Open Inference Protocol (KServe v2) under `/v2`.",
+                  docs_url=None, redoc_url=None,  # /docs: docs_page, served offline; ReDoc would need a CDN
                   # our metrics are Prometheus; FastAPI's OpenTelemetry hooks cost time on every request
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.runtime = runtime
@@ -237,6 +255,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
                            response_model_exclude_none=True, openapi_extra=PREDICT_DOCS, responses=errors,
                            dependencies=protected)]
     app.include_router(router)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
     app.include_router(kserve.health_router)
     app.include_router(kserve.model_router, dependencies=protected)
     app.openapi = lambda: _openapi_schema(app, documented)
