@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, random_images, save_jpeg
+from conftest import API_KEY, ROOT, free_port, random_images, save_jpeg
 
 from signs_resnet import data
 from signs_resnet.cli import build_parser
@@ -155,3 +155,34 @@ def test_server_and_cli_share_one_default_model():
     from signs_resnet.settings import ServeSettings
 
     assert ServeSettings.from_env({}).model == DEFAULT_MODEL == "runs/default/model.safetensors"
+
+
+def test_predict_on_a_server_prints_what_predicting_here_prints(model_file, keyed_server, photos):
+    """Against a server that wants an API key, in requests of 2 (the broken file inside one): the same
+    files, labels and probabilities as here on the server's engine, the same CSV columns."""
+    here = json.loads(signs("predict", "--model", model_file, "--engine", "torch-fp32", "--json", photos).stdout)
+    remote = signs("predict", "--server", keyed_server.url, "--batch-size", "2", "--json", photos,
+                   env={"SIGNS_API_KEY": API_KEY})
+    assert remote.returncode == 1, remote.stderr  # one file failed, as here
+    there = json.loads(remote.stdout)
+    assert [r["path"] for r in there] == [r["path"] for r in here]
+    for mine, theirs in zip(here, there):
+        assert ("error" in mine) == ("error" in theirs), (mine, theirs)
+        if "error" in mine:
+            assert "not a readable image" in theirs["error"]
+            continue
+        assert theirs["label"] == mine["label"]
+        assert theirs["probabilities"] == pytest.approx(mine["probabilities"], abs=1e-3)
+    as_csv = signs("predict", "--server", keyed_server.url, "--api-key", API_KEY, "--csv", photos)
+    rows = list(csv.reader(io.StringIO(as_csv.stdout)))
+    assert rows[0] == ["path", "label", "probability", *(f"p_{c}" for c in "012345"), "error"]
+    assert [row[0] for row in rows[1:]] == [r["path"] for r in here]
+
+
+def test_predict_on_a_server_refuses_a_wrong_key_and_an_unreachable_server_in_one_line(keyed_server, photos):
+    wrong = signs("predict", "--server", keyed_server.url, "--api-key", "wrong", photos)
+    nobody = signs("predict", "--server", f"http://127.0.0.1:{free_port()}", photos)
+    for result, reason in ((wrong, "401 wrong API key"), (nobody, "cannot reach http://127.0.0.1:")):
+        assert result.returncode == 2 and result.stdout == ""
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("signs predict: error: ") and reason in line, line

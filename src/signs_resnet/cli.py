@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -90,17 +91,24 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .classify import classify_files, find_images
-    from .engines import load_engine
 
     if args.batch_size < 1 or args.threads < 0:
         raise ValueError("--batch-size must be at least 1 and --threads not negative")
-    engine = load_engine(_model(args.model), args.engine, args.threads, args.batch_size)
     total = len(find_images(args.paths))
     show_progress = args.progress and sys.stderr.isatty() and total > args.batch_size
-    results = list(tqdm(classify_files(engine, args.paths, args.batch_size), total=total, unit="image",
-                        disable=not show_progress, file=sys.stderr))
-    print(format_results(results, engine.model.classes, "json" if args.json else "csv" if args.csv else "text"),
-          end="")
+    if args.server:
+        from .remote import RemoteModel, classify_remote
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request between the results
+        model = RemoteModel(args.server, args.api_key or os.environ.get("SIGNS_API_KEY", ""))
+        classes, results = model.classes, classify_remote(model, args.paths, args.batch_size)
+    else:
+        from .engines import load_engine
+
+        engine = load_engine(_model(args.model), args.engine, args.threads, args.batch_size)
+        classes, results = engine.model.classes, classify_files(engine, args.paths, args.batch_size)
+    results = list(tqdm(results, total=total, unit="image", disable=not show_progress, file=sys.stderr))
+    print(format_results(results, classes, "json" if args.json else "csv" if args.csv else "text"), end="")
     return 1 if any("error" in result for result in results) else 0
 
 
@@ -226,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true", help="print CSV with a header line (default: one line per image)")
     predict.add_argument("--engine", choices=ENGINES, default="auto",
                          help="inference engine, as the server's --engine (default: %(default)s)")
-    predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    predict.add_argument("--server", metavar="URL", help="classify on a running `signs serve` at URL, e.g. "
+                                                         "http://host:5000, in requests of at most the server's "
+                                                         "max_images (default: none, classify here)")
+    predict.add_argument("--api-key", help="the server's API key, with --server (default: $SIGNS_API_KEY)")
+    predict.add_argument("--batch-size", type=int, default=64,
+                         help="images per forward pass, or per request with --server (default: %(default)s)")
     predict.add_argument("--threads", type=int, default=0,
                          help="inference threads; 0: one per core (default: %(default)s)")
     predict.add_argument("--no-progress", dest="progress", action="store_false",
