@@ -1,4 +1,4 @@
-"""Load test: our server against the original's design, over HTTP on 127.0.0.1.
+"""Load test: our server against the original's design, over HTTP on 127.0.0.1, and our server over gRPC.
 
     .venv/bin/python benchmarks/serve_load.py [--model runs/default/model.safetensors] [--runs 3] [--seconds 5]
 
@@ -12,6 +12,11 @@ original's request (multipart field `image`, a 64x64 SIGNS JPEG) as soon as its 
 came back. The generator is raw asyncio on uvloop with pre-built request bytes (tens of
 microseconds per request), so on a small machine it takes little CPU from the servers. Ours and
 the baseline alternate level by level, and each figure is the median over `runs` runs.
+
+The gRPC row (`ours-grpc`, levels `--grpc-concurrency`) is the same server started with --grpc-port,
+sent the same JPEG as the Open Inference Protocol's ModelInfer (a BYTES "image" input in
+raw_input_contents, as tritonclient sends it) by `concurrency` calls in flight on one grpc.aio channel,
+the request serialised once and the answer's bytes not parsed (as the HTTP generator drops its bodies).
 """
 
 from __future__ import annotations
@@ -218,6 +223,44 @@ async def drive(port: int, request: bytes, concurrency: int, seconds: float, war
 # --- report ---------------------------------------------------------------------------------------
 
 
+def grpc_request(image: bytes) -> bytes:
+    """ModelInfer of one image file, serialised: what tritonclient sends for a BYTES input of one element."""
+    from signs_resnet.proto import grpc_predict_v2_pb2 as pb
+    from signs_resnet.tensors import join_bytes
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
+    return pb.ModelInferRequest(model_name="signs-resnet50", inputs=[tensor],
+                                raw_input_contents=[join_bytes([image])]).SerializeToString()
+
+
+async def drive_grpc(address: str, request: bytes, concurrency: int, seconds: float, warmup: float,
+                     timeout: float = 60) -> dict[str, float]:
+    """`concurrency` closed-loop ModelInfer calls in flight for warmup + seconds; the measured part's summary
+    (status 200 for OK, else the gRPC code's name)."""
+    import grpc
+
+    tally = Tally()
+    started = time.perf_counter()
+    record_from, stop_at = started + warmup, started + warmup + seconds
+    async with grpc.aio.insecure_channel(address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+
+        async def one_caller() -> None:
+            while time.perf_counter() < stop_at:
+                begun = time.perf_counter()
+                try:
+                    await infer(request, timeout=timeout)
+                    status = 200
+                except grpc.aio.AioRpcError as error:
+                    status = error.code().name
+                if begun >= record_from:
+                    tally.latencies.append(time.perf_counter() - begun)
+                    tally.statuses[status] += 1
+
+        await asyncio.gather(*(one_caller() for _ in range(concurrency)))
+    return tally.summary(max(time.perf_counter(), stop_at) - record_from)
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]} | {
         "errors": sum(run["errors"] for run in runs)}
@@ -232,6 +275,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each level")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--grpc-concurrency", default="1,16,64",
+                        help="levels of the gRPC row; empty: no gRPC row")
     parser.add_argument("--serve-args", default="", help="extra `signs serve` options for our server")
     parser.add_argument("--noop-engine", action="store_true",
                         help="our server with a forward pass that costs nothing: the HTTP side's ceiling")
@@ -251,9 +296,11 @@ def main() -> None:
     image_path = Path(args.image) if args.image else sorted(DEFAULT_IMAGE.glob("*.jpg"))[0]
     image = image_path.read_bytes()
     levels = [int(c) for c in args.concurrency.split(",")]
+    grpc_levels = [int(c) for c in args.grpc_concurrency.split(",") if c] if not args.noop_engine else []
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
-    ours_port, baseline_port = free_port(), free_port()
-    ours = serve_command(args.model, ours_port, *args.serve_args.split())
+    ours_port, baseline_port, grpc_port = free_port(), free_port(), free_port()
+    ours = serve_command(args.model, ours_port, *args.serve_args.split(),
+                         *(["--grpc-port", str(grpc_port)] if grpc_levels else []))
     if args.noop_engine:
         ours = [sys.executable, __file__, "--model", args.model, "--noop-server", str(ours_port)]
     servers = {"ours": (ours_port, start(ours, ours_port, logs / "serve_load_ours.log"))}
@@ -265,14 +312,23 @@ def main() -> None:
     print(f"image {image_path.name} ({len(image)} bytes), {args.runs} runs x {args.seconds:g} s per level, "
           f"{os.cpu_count()} CPUs; ours: {ours_name}", flush=True)
     results: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in levels} for name in servers}
+    if grpc_levels:
+        results["ours-grpc"] = {c: [] for c in grpc_levels}
     try:
         for run in range(args.runs):
-            for concurrency in levels:
-                for name, (port, _) in servers.items():
-                    request = multipart_request(port, image, image_path.name)
-                    result = asyncio.run(drive(port, request, concurrency, args.seconds, args.warmup))
+            for concurrency in sorted(set(levels) | set(grpc_levels)):
+                for name in results:
+                    if concurrency not in results[name]:
+                        continue
+                    if name == "ours-grpc":
+                        result = asyncio.run(drive_grpc(f"127.0.0.1:{grpc_port}", grpc_request(image), concurrency,
+                                                        args.seconds, args.warmup))
+                    else:
+                        port = servers[name][0]
+                        request = multipart_request(port, image, image_path.name)
+                        result = asyncio.run(drive(port, request, concurrency, args.seconds, args.warmup))
                     results[name][concurrency].append(result)
-                    print(f"  run {run + 1} {name:<8} c={concurrency:<3} {result['rps']:7.1f} req/s  "
+                    print(f"  run {run + 1} {name:<9} c={concurrency:<3} {result['rps']:7.1f} req/s  "
                           f"p50 {result['p50']:7.2f} ms  p99 {result['p99']:8.2f} ms  errors {result['errors']}",
                           file=sys.stderr, flush=True)
     finally:
@@ -280,15 +336,15 @@ def main() -> None:
             process.terminate()
             process.wait(15)
 
-    print(f"\n{'server':<9}{'conc.':>6}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    print(f"\n{'server':<10}{'conc.':>6}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
           f"{'vs baseline':>13}")
-    for name in servers:
-        for concurrency in levels:
+    for name in results:
+        for concurrency in results[name]:
             m = median_of(results[name][concurrency])
             ratio = ""
-            if name == "ours" and "baseline" in results:
+            if name != "baseline" and concurrency in results.get("baseline", {}):
                 ratio = f"{m['rps'] / median_of(results['baseline'][concurrency])['rps']:.1f}x"
-            print(f"{name:<9}{concurrency:>6}{m['rps']:>9.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['p99']:>9.2f}"
+            print(f"{name:<10}{concurrency:>6}{m['rps']:>9.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['p99']:>9.2f}"
                   f"{m['errors']:>8.0f}{ratio:>13}".rstrip())
     if "baseline" in results:  # each server at its best error-free level: the throughput each design delivers
         peaks = {name: max(((m["rps"], c) for c in levels if not (m := median_of(results[name][c]))["errors"]),
