@@ -155,3 +155,23 @@ def test_the_readme_python_example_runs_as_written(tmp_path, model_file, sample_
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in [str(c) for c in range(6)]
+
+
+def test_the_tritonclient_examples_in_api_md_run_against_the_server(server, sample_jpg, tmp_path):
+    """docs/api.md's Python blocks (tritonclient over REST, then gRPC), pointed at the test server's ports."""
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 2 and "tritonclient.http" in blocks[0] and "tritonclient.grpc" in blocks[1]
+    (tmp_path / "sample.jpg").symlink_to(sample_jpg)
+    printed = []
+    for block in blocks:
+        code = block.replace("localhost:5000", server.url.removeprefix("http://"))
+        code = code.replace("localhost:8001", server.grpc_address)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                                timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        printed.append(result.stdout.splitlines())
+    assert printed[0][0][0] in "012345" and printed[0][1] == "(2, 6)"
+    assert printed[1][0] == "True True" and printed[1][1][0] in "012345"
