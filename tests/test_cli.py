@@ -157,6 +157,7 @@ def test_server_and_cli_share_one_default_model():
     assert ServeSettings.from_env({}).model == DEFAULT_MODEL == "runs/default/model.safetensors"
 
 
+@pytest.mark.slow
 def test_predict_on_a_server_prints_what_predicting_here_prints(model_file, keyed_server, photos):
     """Against a server that wants an API key, in requests of 2 (the broken file inside one): the same
     files, labels and probabilities as here on the server's engine, the same CSV columns."""
@@ -179,6 +180,7 @@ def test_predict_on_a_server_prints_what_predicting_here_prints(model_file, keye
     assert [row[0] for row in rows[1:]] == [r["path"] for r in here]
 
 
+@pytest.mark.slow
 def test_predict_on_a_server_refuses_a_wrong_key_and_an_unreachable_server_in_one_line(keyed_server, photos):
     wrong = signs("predict", "--server", keyed_server.url, "--api-key", "wrong", photos)
     nobody = signs("predict", "--server", f"http://127.0.0.1:{free_port()}", photos)
