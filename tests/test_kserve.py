@@ -53,7 +53,7 @@ def test_health_and_metadata(triton_client):
     metadata = triton_client.get_model_metadata(MODEL)
     assert {"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]} in metadata["inputs"]
     assert {"name": "image", "datatype": "BYTES", "shape": [-1]} in metadata["inputs"]
-    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label"]
+    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label", "confident"]
     assert metadata["parameters"]["max_images"] == 64
     assert "binary_tensor_data" in triton_client.get_server_metadata()["extensions"]
 
@@ -81,7 +81,7 @@ def test_fp32_input_gives_predicts_answer(triton_client, client, sample_jpg, sig
     answer = result.get_response()
     assert answer["id"] == "7" and answer["model_name"] == MODEL
     sent = {o["name"]: o for o in answer["outputs"]}
-    assert list(sent) == list(wanted or ["probabilities", "label"])
+    assert list(sent) == list(wanted or ["probabilities", "label", "confident"])
     for name, output in sent.items():  # each output in the form asked for
         binary = wanted[name] if wanted else True
         assert ("binary_data_size" in output.get("parameters", {})) == binary and ("data" in output) == (not binary)
@@ -90,6 +90,9 @@ def test_fp32_input_gives_predicts_answer(triton_client, client, sample_jpg, sig
     assert np.allclose(probabilities, predict_rows(client, *blobs), atol=SAME_ENGINE_TOLERANCE)
     if "label" in sent:
         assert labels(result) == [str(i) for i in probabilities.argmax(1)]
+    if "confident" in sent:
+        threshold = triton_client.get_model_metadata(MODEL)["parameters"]["confidence_threshold"]
+        assert result.as_numpy("confident").tolist() == (probabilities.max(1) >= threshold).tolist()
 
 
 def test_bytes_image_files_in_binary_give_predicts_answer(triton_client, client, sample_jpg, signs_jpegs):

@@ -73,14 +73,14 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
         rows = iter(probabilities)
         for result in results:
             if "error" not in result:
-                result |= answer(next(rows), engine.model.classes, engine.model.confidence_threshold)
+                row = next(rows)
+                result |= answer(row, engine.model.classes, max(row) >= engine.model.confidence_threshold)
     yield from results
 
 
-def answer(probabilities: list[float], classes: list[str], confidence_threshold: float) -> dict[str, Any]:
-    """One image's answer from its class probabilities: the label, its probability, whether that is confident
-    (at least `confidence_threshold`), and every class's probability."""
+def answer(probabilities: list[float], classes: list[str], confident: bool) -> dict[str, Any]:
+    """One image's answer from its class probabilities and whether it is confident (by the model's threshold):
+    the label, its probability, the confidence, and every class's probability."""
     best = max(range(len(classes)), key=probabilities.__getitem__)
-    return {"label": classes[best], "probability": round(probabilities[best], 6),
-            "confident": probabilities[best] >= confidence_threshold,
+    return {"label": classes[best], "probability": round(probabilities[best], 6), "confident": confident,
             "probabilities": {name: round(p, 6) for name, p in zip(classes, probabilities)}}

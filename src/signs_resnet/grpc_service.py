@@ -124,7 +124,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except asyncio.TimeoutError:
             raise ApiError(503, "timeout", f"no answer within {runtime.settings.request_timeout_s:g} s: the server "
                                            "is busy; retry shortly") from None
-        outputs = tensors.output_tensors(result.probabilities, engine.model.classes, requested)
+        outputs = tensors.output_tensors(result.probabilities, engine.model, requested)
         return pb.ModelInferResponse(
             model_name=request.model_name, model_version=engine.model.checksum[:12], id=request.id,
             outputs=[pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)
