@@ -1,4 +1,4 @@
-"""The Open Inference Protocol over gRPC: KServe's GRPCInferenceService (proto/), on its own port
+"""The Open Inference Protocol over gRPC: the GRPCInferenceService, on its own port
 (`--grpc-port`), served in the HTTP server's process and event loop from the same typed Runtime, so
 both share the batcher, decoding threads, readiness, limits, API key and metrics.
 
@@ -13,8 +13,9 @@ Errors carry REST's messages, with the status code of their HTTP status (STATUS_
 max_upload_bytes is refused by gRPC itself (RESOURCE_EXHAUSTED); an answer not ready within
 request_timeout_s is UNAVAILABLE, as REST's 503.
 
-Triton's own client declares the same protobuf package (`inference`), so this module and tritonclient's
-gRPC module cannot be imported into one process (protobuf's descriptor pool refuses the second).
+The service's messages and stubs are the code Triton's client package ships (tritonclient.grpc), generated
+from Triton's grpc_service.proto: KServe v2's service and messages (package `inference`), plus Triton's own
+RPCs, which answer UNIMPLEMENTED here. Using the published package keeps the wire format theirs.
 """
 
 from __future__ import annotations
