@@ -225,7 +225,7 @@ async def drive(port: int, request: bytes, concurrency: int, seconds: float, war
 
 def grpc_request(image: bytes) -> bytes:
     """ModelInfer of one image file, serialised: what tritonclient sends for a BYTES input of one element."""
-    from signs_resnet.proto import grpc_predict_v2_pb2 as pb
+    from tritonclient.grpc import service_pb2 as pb
     from signs_resnet.tensors import join_bytes
 
     tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
