@@ -23,7 +23,7 @@ from .classify import answer, find_images
 
 DEFAULT_MAX_IMAGES = 64
 RETRIES = 5  # tries per request while the server answers 503 (overloaded or starting)
-IMAGE_ERROR = re.compile(r"^image (\d+)(?: \([^)]*\))?: (.*)$", re.S)  # "image 2 (bad.jpg): not a readable image"
+IMAGE_ERROR = re.compile(r"^image (\d+)\b")  # "image 2 (bad.jpg): not a readable image": the server names it
 
 
 class RemoteModel:
@@ -53,9 +53,11 @@ class RemoteModel:
                     for (path, _), result in zip(files, response.json()["results"])]
         error = _error_of(response)
         failed = IMAGE_ERROR.match(error["message"])
-        if response.status_code in (400, 413) and failed and int(failed.group(1)) <= len(files):
+        if response.status_code in (400, 413) and failed and 1 <= int(failed.group(1)) <= len(files):
             index = int(failed.group(1)) - 1
-            return (self.classify(files[:index]) + [{"path": files[index][0], "error": failed.group(2)}]
+            path = files[index][0]
+            reason = error["message"].removeprefix(f"image {index + 1} ({Path(path).name}): ")
+            return (self.classify(files[:index]) + [{"path": path, "error": f"{path}: {reason}"}]
                     + self.classify(files[index + 1:]))
         if error["code"] == "payload_too_large":
             if len(files) == 1:
