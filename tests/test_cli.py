@@ -176,7 +176,7 @@ def test_predict_on_a_server_prints_what_predicting_here_prints(model_file, keye
         assert theirs["probabilities"] == pytest.approx(mine["probabilities"], abs=1e-3)
     as_csv = signs("predict", "--server", keyed_server.url, "--api-key", API_KEY, "--csv", photos)
     rows = list(csv.reader(io.StringIO(as_csv.stdout)))
-    assert rows[0] == ["path", "label", "probability", *(f"p_{c}" for c in "012345"), "error"]
+    assert rows[0] == ["path", "label", "probability", "confident", *(f"p_{c}" for c in "012345"), "error"]
     assert [row[0] for row in rows[1:]] == [r["path"] for r in here]
 
 

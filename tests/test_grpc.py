@@ -136,6 +136,9 @@ def bad_requests() -> dict[str, tuple]:
                                       invalid, "input 'image': BYTES element 1 claims 100 bytes, 9 are left"),
         "BYTES not an image": (infer_request("BYTES", (1,), pb.InferTensorContents(bytes_contents=[b"hello"])),
                                invalid, "image 1: not a readable image"),
+        "BYTES shape of negative sizes": (
+            infer_request("BYTES", (-1,), pb.InferTensorContents(bytes_contents=[b"hello"])), invalid,
+            "BYTES input must have a shape of positive sizes, got [-1]"),
         "BYTES fewer files than the shape": (
             infer_request("BYTES", (2,), pb.InferTensorContents(bytes_contents=[b"hello"])), invalid,
             "shape [2] does not match 1 images"),
@@ -150,6 +153,23 @@ def bad_requests() -> dict[str, tuple]:
             bytes_contents=[png_header(8000, 8000)])), too_big, "image 1: "),
         "over the size limit": (infer_request(raw=[b"\0" * (11 * 2**20)], shape=(1,)), too_big, "SERVER: Received message larger than max"),
     }
+
+
+def test_a_busy_grpc_port_is_one_line_before_start_up(model_file):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "signs_resnet", "serve", "--model", str(model_file),
+                                 "--port", "0", "--grpc-port", str(port)], capture_output=True, text=True,
+                                timeout=120, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (f"signs serve: error: cannot listen for gRPC on 127.0.0.1:{port}: "
+                                                      "Address already in use")
 
 
 @pytest.mark.parametrize("case", list(bad_requests()))

@@ -226,6 +226,19 @@ def bad_binary_requests() -> dict[str, tuple]:
     }
 
 
+@pytest.mark.parametrize("tensor, reason", [
+    ({"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [True] * 12288},
+     "FP32 data must be numbers"),
+    ({"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": ["0.5"] * 12288},
+     "FP32 data must be numbers"),
+    ({"name": "image", "shape": [-1, -1], "datatype": "BYTES", "data": ["aGVsbG8="]},
+     "BYTES input must have a shape of positive sizes, got [-1, -1]"),
+], ids=["booleans", "strings", "negative sizes"])
+def test_json_tensors_of_the_wrong_kind_are_refused(client, tensor, reason):
+    response = client.post(INFER, json={"inputs": [tensor]})
+    assert response.status_code == 400 and response.json()["error"].startswith(reason), response.text
+
+
 @pytest.mark.parametrize("case", list(bad_binary_requests()))
 def test_malformed_binary_requests_are_the_protocols_4xx(client, case):
     (body, headers), status, reason = bad_binary_requests()[case]

@@ -39,7 +39,7 @@ def find_images(paths: Iterable[str | Path]) -> list[tuple[str, str | None]]:
 def classify_files(engine: Engine, paths: Iterable[str | Path], batch_size: int = 64,
                    decode_threads: int = 0) -> Iterator[dict[str, Any]]:
     """One result per file of `find_images(paths)`, in that order: {"path", "label", "probability",
-    "probabilities"} or {"path", "error"}. The next batches decode while the current one runs."""
+    "confident", "probabilities"} or {"path", "error"}. The next batches decode while the current one runs."""
     image_size = engine.model.image_size
     files = find_images(paths)
     batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]

@@ -126,7 +126,7 @@ def format_results(results: list[dict], classes: list[str], style: str) -> str:
             writer.writerow([result["path"], result.get("label", ""), result.get("probability", ""), confident,
                              *(probabilities.get(name, "") for name in classes), result.get("error", "")])
         return buffer.getvalue()
-    return "".join(f"{r['path']}: error: {r['error']}\n" if "error" in r else
+    return "".join(f"{r['path']}: error: {r['error'].removeprefix(r['path'] + ': ')}\n" if "error" in r else
                    f"{r['path']}: {r['label']} ({r['probability']:.1%}{'' if r['confident'] else ', not confident'})\n"
                    for r in results)
 

@@ -8,9 +8,12 @@ Under /v2 (the Open Inference Protocol) the protocol's own shape instead: {"erro
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from .data import ImageError
 
 
 class ApiError(Exception):
@@ -50,3 +53,11 @@ def raw_error_response(status: int, reason: str, code: str, message: str) -> byt
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n")
     return head.encode() + body
+
+
+def decode_error(index: int, name: str | None, error: ImageError) -> ApiError:
+    """The API error for image `index` of a request (named `name`, when it has one) that did not decode."""
+    label = f"image {index + 1}" + (f" ({name})" if name else "")
+    reason = str(error).split(": ", 1)[-1]
+    status = 413 if error.code == "too_many_pixels" else 400
+    return ApiError(status, error.code, f"{label}: {reason}")

@@ -116,12 +116,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         engine = runtime.ready_engine()
         requested = [output.name for output in request.outputs]
         tensors.check_outputs(requested)
-        inputs = _inputs_of(request)
+        # the shapes say how many images are coming (for the early capacity check); the data is read off the loop
+        shapes = [InputTensor(tensor.name, tensor.datatype, list(tensor.shape)) for tensor in request.inputs]
+        count = min(tensors.claimed_images(shapes), runtime.settings.max_images)
+
         def prepare():
-            return tensors.images_of(inputs, engine, runtime.settings), None
+            return tensors.images_of(_inputs_of(request), engine, runtime.settings), None
 
         try:
-            _, result, _ = await asyncio.wait_for(runtime.classify(prepare, 1), runtime.settings.request_timeout_s)
+            _, result, _ = await asyncio.wait_for(runtime.classify(prepare, count), runtime.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(503, "timeout", f"no answer within {runtime.settings.request_timeout_s:g} s: the server "
                                            "is busy; retry shortly") from None

@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def run(settings: ServeSettings) -> None:
 
     if not Path(settings.model).is_file():
         raise FileNotFoundError(f"{settings.model}: no such model file (train one with `signs train`)")
+    if settings.grpc_port:
+        _check_port_free(settings.host, settings.grpc_port, "gRPC")
     # After its graceful shutdown uvicorn raises the signal again with the handler found at start: make
     # SIGTERM's a clean exit (status 0), also while the model is still loading.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -63,3 +66,15 @@ def run(settings: ServeSettings) -> None:
 
 def _exit_cleanly(signum, frame) -> None:
     raise SystemExit(0)
+
+
+def _check_port_free(host: str, port: int, what: str) -> None:
+    """OSError naming the address when nothing could listen there: a clear one line before start-up, where
+    the server's start-up would fail with a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(f"cannot listen for {what} on {host}:{port}: {error.strerror or error}") from None

@@ -19,7 +19,6 @@ import torch
 from fastapi import Depends, Request
 
 from .batching import Batcher, BatchResult
-from .data import ImageError
 from .engines import Engine, load_engine, warm_up
 from .errors import ApiError
 from .metrics import Metrics
@@ -45,14 +44,6 @@ def load_model(settings: ServeSettings) -> Engine:
     log.info("loaded %s (sha256 %s, engine %s) in %.1f s", settings.model, model.checksum[:12], engine.describe(),
              time.perf_counter() - started)
     return engine
-
-
-def decode_error(index: int, name: str | None, error: ImageError) -> ApiError:
-    """The API error for image `index` of a request (named `name`, when it has one) that did not decode."""
-    label = f"image {index + 1}" + (f" ({name})" if name else "")
-    reason = str(error).split(": ", 1)[-1]
-    status = 413 if error.code == "too_many_pixels" else 400
-    return ApiError(status, error.code, f"{label}: {reason}")
 
 
 @dataclass

@@ -42,10 +42,10 @@ from . import __version__, kserve
 from .batching import predict
 from .data import ImageError, open_image, prepare_image
 from .engines import Engine
-from .errors import HTTP_CODES, ApiError, error_response
+from .errors import HTTP_CODES, ApiError, decode_error, error_response
 from .guards import LimitBody, RequestTimeout, api_key_check, bearer_token, check_api_key
 from .metrics import Observe
-from .runtime import INLINE_DECODE_MAX_PIXELS, AppRuntime, Runtime, decode_error, load_model
+from .runtime import INLINE_DECODE_MAX_PIXELS, AppRuntime, Runtime, load_model
 from .schemas import ErrorResponse, Health, PredictResponse, Readiness
 from .settings import ServeSettings
 from .uploads import image_uploads, multipart_boundary
@@ -218,14 +218,16 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def lifespan(app: FastAPI):
         await runtime.start(engine)
         grpc_server = None
-        if settings.grpc_port:
-            from .grpc_service import start_grpc_server  # here: the HTTP-only server never loads grpc
+        try:
+            if settings.grpc_port:
+                from .grpc_service import start_grpc_server  # here: the HTTP-only server never loads grpc
 
-            grpc_server = await start_grpc_server(runtime)
-        yield
-        if grpc_server:
-            await grpc_server.stop(settings.request_timeout_s)
-        await runtime.stop()
+                grpc_server = await start_grpc_server(runtime)
+            yield
+        finally:
+            if grpc_server:
+                await grpc_server.stop(settings.request_timeout_s)
+            await runtime.stop()
 
     app = FastAPI(title="SIGNS hand-sign classifier", version=__version__, lifespan=lifespan,
                   description="ResNet50 on the SIGNS hand signs (digits 0-5). The original `/predict`, plus "

@@ -29,9 +29,8 @@ import torch
 
 from .data import ImageError, prepare_image
 from .engines import Engine
-from .errors import ApiError
+from .errors import ApiError, decode_error
 from .predict import LoadedModel
-from .runtime import decode_error
 from .settings import ServeSettings
 
 INPUTS = {"input": "FP32", "image": "BYTES"}
@@ -103,6 +102,8 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine, settings: ServeSett
             raise ApiError(400, "invalid_data", "FP32 data must be finite numbers")
         return torch.from_numpy(values.reshape(tensor.shape).copy())
     if tensor.datatype == "BYTES":
+        if not tensor.shape or min(tensor.shape) < 1:
+            raise ApiError(400, "invalid_shape", f"BYTES input must have a shape of positive sizes, got {tensor.shape}")
         count = math.prod(tensor.shape)
         _check_count(count, settings)  # before the elements are split or decoded
         files = _byte_elements(tensor)
@@ -151,6 +152,15 @@ def join_bytes(elements: Sequence[bytes]) -> bytes:
     return b"".join(LENGTH.pack(len(element)) + element for element in elements)
 
 
+def claimed_images(inputs: Sequence[InputTensor]) -> int:
+    """How many images a request's one input says it holds (its shape; 1 when unclear), for the batcher's
+    early capacity check, before the data is read."""
+    if len(inputs) != 1 or not inputs[0].shape or min(inputs[0].shape) < 1:
+        return 1
+    tensor = inputs[0]
+    return tensor.shape[0] if tensor.datatype == "FP32" else math.prod(tensor.shape)
+
+
 def _check_count(count: int, settings: ServeSettings) -> None:
     if count > settings.max_images:
         raise ApiError(413, "too_many_images", f"at most {settings.max_images} images per request")
@@ -172,9 +182,12 @@ def _fp32_values(tensor: InputTensor) -> np.ndarray:
                                                  "not a whole number of 4-byte values")
         return np.frombuffer(tensor.raw, dtype="<f4").astype(np.float32)
     try:
-        return np.asarray(tensor.data, dtype=np.float32)
+        values = np.asarray(tensor.data)
     except (ValueError, TypeError):
-        raise ApiError(400, "invalid_data", "FP32 data must be numbers (flat or nested lists)") from None
+        values = None
+    if values is None or values.dtype.kind not in "iuf":  # numbers, not strings or booleans made numbers
+        raise ApiError(400, "invalid_data", "FP32 data must be numbers (flat or nested lists)")
+    return values.astype(np.float32)
 
 
 def _byte_elements(tensor: InputTensor) -> list[bytes]:
