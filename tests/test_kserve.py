@@ -106,6 +106,20 @@ def test_bytes_image_files_in_binary_give_predicts_answer(triton_client, client,
     assert labels(result) == [str(i) for i in expected.argmax(1)]
 
 
+def test_a_model_version_is_the_served_one_or_404(triton_client, client, sample_jpg):
+    version = triton_client.get_model_metadata(MODEL)["versions"][0]
+    assert triton_client.is_model_ready(MODEL, model_version=version)
+    assert triton_client.get_model_metadata(MODEL, model_version=version)["versions"] == [version]
+    tensor = triton.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([sample_jpg.read_bytes()], dtype=np.object_))
+    result = triton_client.infer(MODEL, [tensor], model_version=version)
+    assert np.allclose(result.as_numpy("probabilities"), predict_rows(client, sample_jpg.read_bytes()),
+                       atol=SAME_ENGINE_TOLERANCE)
+    with pytest.raises(InferenceServerException, match=f"unknown version '7' of '{MODEL}'"):
+        triton_client.infer(MODEL, [tensor], model_version="7")
+    assert client.get(f"/v2/models/{MODEL}/versions/7/ready").status_code == 404
+
+
 def test_json_without_a_content_type(client, sample_jpg):
     images = data.prepare_image(sample_jpg.read_bytes()).reshape(-1).tolist()
     body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 64, 64], "data": images}]})

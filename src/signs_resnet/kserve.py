@@ -2,6 +2,7 @@
 
     GET  /v2/health/live, /v2/health/ready      the server
     GET  /v2/models/<name>, .../ready            the model: inputs, outputs, classes, max_images
+         (each also as /v2/models/<name>/versions/<version>/..., the version the model checksum's first 12 digits)
     POST /v2/models/<name>/infer                 one input, "input" FP32 [N, 3, 64, 64] or "image" BYTES [N]
       -> "probabilities" FP32 [N, classes], "label" BYTES [N], "confident" BOOL [N]   (tensors.py: what they hold)
 
@@ -114,10 +115,14 @@ health_router = APIRouter()  # open to probes
 model_router = APIRouter()  # the model's metadata and inference: behind the API key when one is set
 
 
-def _check_name(runtime: Runtime, model_name: str) -> None:
+def _check_name(runtime: Runtime, model_name: str, model_version: str | None = None) -> None:
     if model_name != runtime.settings.model_name:
         raise ApiError(404, "unknown_model", f"unknown model {model_name!r}; "
                                              f"this server serves {runtime.settings.model_name!r}")
+    served = runtime.engine.model.checksum[:12] if runtime.engine else None
+    if model_version is not None and served is not None and model_version != served:
+        raise ApiError(404, "unknown_version", f"unknown version {model_version!r} of {model_name!r}; this server "
+                                               f"serves version {served!r}")
 
 
 @health_router.get("/v2", response_model=V2ServerMetadata)
@@ -137,15 +142,19 @@ async def v2_ready(runtime: AppRuntime):
 
 @health_router.get("/v2/models/{model_name}/ready", response_model=V2ModelReady,
                    responses={503: {"model": V2ModelReady}})
-async def v2_model_ready(model_name: str, runtime: AppRuntime):
-    _check_name(runtime, model_name)
+@health_router.get("/v2/models/{model_name}/versions/{model_version}/ready", response_model=V2ModelReady,
+                   responses={503: {"model": V2ModelReady}})
+async def v2_model_ready(model_name: str, runtime: AppRuntime, model_version: str | None = None):
+    _check_name(runtime, model_name, model_version)
     body = {"name": model_name, "ready": runtime.ready}
     return body if runtime.ready else JSONResponse(body, 503)
 
 
 @model_router.get("/v2/models/{model_name}", response_model=V2ModelMetadata, responses={404: {"model": V2Error}})
-async def v2_metadata(model_name: str, runtime: AppRuntime) -> dict[str, Any]:
-    _check_name(runtime, model_name)
+@model_router.get("/v2/models/{model_name}/versions/{model_version}", response_model=V2ModelMetadata,
+                  responses={404: {"model": V2Error}})
+async def v2_metadata(model_name: str, runtime: AppRuntime, model_version: str | None = None) -> dict[str, Any]:
+    _check_name(runtime, model_name, model_version)
     engine = runtime.ready_engine()
     return {
         "name": model_name, "versions": [engine.model.checksum[:12]], "platform": engine.describe(),
@@ -157,12 +166,16 @@ async def v2_metadata(model_name: str, runtime: AppRuntime) -> dict[str, Any]:
     }
 
 
-@model_router.post("/v2/models/{model_name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
-                   openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                       "schema": {"$ref": "#/components/schemas/V2InferRequest"}}}}},
-                   responses={status: {"model": V2Error} for status in (400, 401, 404, 408, 413, 415, 503)})
-async def v2_infer(model_name: str, request: Request, runtime: AppRuntime) -> Response:
-    _check_name(runtime, model_name)
+INFER_DOCS = {"response_model": V2InferResponse, "response_model_exclude_none": True,
+              "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"$ref": "#/components/schemas/V2InferRequest"}}}}},
+              "responses": {status: {"model": V2Error} for status in (400, 401, 404, 408, 413, 415, 503)}}
+
+
+@model_router.post("/v2/models/{model_name}/infer", **INFER_DOCS)
+@model_router.post("/v2/models/{model_name}/versions/{model_version}/infer", **INFER_DOCS)
+async def v2_infer(model_name: str, request: Request, runtime: AppRuntime, model_version: str | None = None) -> Response:
+    _check_name(runtime, model_name, model_version)
     _check_media_type(request)
     runtime.ready_batcher().check_capacity()  # before reading the body
     header_length = request.headers.get(HEADER_LENGTH)
