@@ -49,7 +49,7 @@ def test_predict_reads_folders_recursively_through_symlinks_and_reports_a_bad_fi
     assert names == ["a/b/0.jpg", "a/b/1.jpg", "a/b/2.jpg", "broken.png", "linked/big.jpg"]
     assert "broken.png" in results[3]["error"] and "label" not in results[3]
     for answer in results[:3] + results[4:]:
-        assert answer["label"] in [str(i) for i in range(6)]
+        assert answer["label"] in [str(i) for i in range(6)] and isinstance(answer["confident"], bool)
         assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
 
 

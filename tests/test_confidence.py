@@ -66,6 +66,7 @@ def test_v2_answers_carry_a_confident_output(client):
     assert [o["name"] for o in only["outputs"]] == ["confident"]
 
 
+@pytest.mark.slow
 def test_the_cli_says_whether_each_answer_is_confident(model_file, tmp_path):
     (tmp_path / "wall.png").write_bytes(NO_HAND)
     command = [sys.executable, "-m", "signs_resnet", "predict", "--model", str(model_file), "--engine", "torch-fp32"]

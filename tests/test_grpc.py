@@ -155,6 +155,7 @@ def bad_requests() -> dict[str, tuple]:
     }
 
 
+@pytest.mark.slow
 def test_a_busy_grpc_port_is_one_line_before_start_up(model_file):
     import socket
     import subprocess
