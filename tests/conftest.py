@@ -202,6 +202,13 @@ def raw_exchange(url: str, payload: bytes, timeout: float = 30) -> RawAnswer:
     return RawAnswer(int(status_line.split()[1]), headers, body, seconds)
 
 
+@pytest.fixture(scope="module")
+def client(server):
+    """An HTTP client of the session's server."""
+    with server.client() as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def server(model_file, tmp_path_factory):
     """One real server for the whole session, HTTP and gRPC."""

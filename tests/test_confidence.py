@@ -27,12 +27,6 @@ def png(array: np.ndarray) -> bytes:
 NO_HAND = png(np.full((120, 160, 3), 128, dtype=np.uint8))  # a grey wall
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as client:
-        yield client
-
-
 def test_the_threshold_travels_with_the_model(model_file):
     model = load_model(model_file)
     assert TrainConfig().confidence_threshold == DEFAULT_CONFIDENCE_THRESHOLD

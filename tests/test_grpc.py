@@ -24,12 +24,6 @@ MODEL = "signs-resnet50"
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def triton_client(server):
     client = triton.InferenceServerClient(server.grpc_address)
     yield client

@@ -21,12 +21,6 @@ ONE_IMAGE = 3 * 64 * 64 * 4  # bytes of one FP32 image
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def triton_client(server):
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
     yield client

@@ -39,12 +39,6 @@ def probabilities_by_label(predictions: list[dict]) -> dict[str, float]:
     return {p["label"]: p["probability"] for p in predictions}
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as client:
-        yield client
-
-
 class LocalModel:
     """The server's model loaded here: on the server's engine, and as trained (PyTorch fp32)."""
 
