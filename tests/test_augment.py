@@ -1,8 +1,9 @@
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
-from signs_resnet.augment import AugmentConfig, augment
+from signs_resnet.augment import AugmentConfig, augment, composite_backgrounds, hand_mask, procedural_backgrounds
 
 
 def test_augment_keeps_shape_and_range_and_changes_the_images():
@@ -51,3 +52,55 @@ def test_grayscale_images_have_equal_channels():
     images = torch.rand(8, 3, 64, 64)
     out = augment(images, torch.Generator().manual_seed(0), dataclasses.replace(NOTHING, grayscale_probability=1))
     assert torch.allclose(out[:, 0], out[:, 1], atol=1e-5) and torch.allclose(out[:, 1], out[:, 2], atol=1e-5)
+
+
+def synthetic_signs_photo(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Light gray photos with a skin-coloured 'hand' (a palm and a finger) at a known place, and its mask."""
+    images = torch.empty(n, 3, 64, 64)
+    images[:] = torch.tensor([0.85, 0.83, 0.79]).view(1, 3, 1, 1)
+    hand = torch.zeros(n, 1, 64, 64, dtype=torch.bool)
+    hand[:, :, 30:64, 20:44] = True  # palm and arm
+    hand[:, :, 8:30, 28:33] = True  # a finger
+    images = torch.where(hand, torch.tensor([0.72, 0.5, 0.38]).view(1, 3, 1, 1), images)
+    return images, hand
+
+
+def test_hand_mask_finds_the_hand_of_a_plain_background_photo():
+    images, hand = synthetic_signs_photo()
+    mask = hand_mask(images)
+    assert mask.shape == (4, 1, 64, 64) and mask.min() >= 0 and mask.max() <= 1
+    inside = hand & (F.avg_pool2d(hand.float(), 5, 1, 2) == 1)  # away from the soft edge
+    outside = ~hand & (F.max_pool2d(hand.float(), 5, 1, 2) == 0)
+    assert mask[inside].min() > 0.95 and mask[outside].max() < 0.05
+
+
+def test_compositing_keeps_the_hand_replaces_the_background_and_is_deterministic():
+    images, hand = synthetic_signs_photo(16)
+    config = AugmentConfig(background_probability=1.0)
+    out = composite_backgrounds(images, config, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    inside = (hand & (F.avg_pool2d(hand.float(), 5, 1, 2) == 1)).expand_as(images)
+    assert (out - images).abs()[inside].max() < 0.05
+    outside = (~hand & (F.max_pool2d(hand.float(), 5, 1, 2) == 0)).expand_as(images)
+    assert (out - images).abs()[outside].mean() > 0.1
+    assert torch.equal(out, composite_backgrounds(images, config, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, composite_backgrounds(images, config, torch.Generator().manual_seed(1)))
+
+
+def test_compositing_a_share_of_the_batch_and_none_when_off():
+    images, _ = synthetic_signs_photo(64)
+    out = composite_backgrounds(images, AugmentConfig(background_probability=0.5), torch.Generator().manual_seed(0))
+    changed = (out - images).flatten(1).abs().amax(1) > 0.05
+    assert 16 < int(changed.sum()) < 48
+    # Off (the default), augment draws exactly the random numbers it drew before compositing existed.
+    generator = torch.Generator().manual_seed(5)
+    augment(images, generator)
+    reference = torch.Generator().manual_seed(5)
+    augment(images, reference, AugmentConfig(background_probability=0.0))
+    assert torch.equal(generator.get_state(), reference.get_state())
+
+
+def test_procedural_backgrounds_are_in_range_and_varied():
+    backgrounds = procedural_backgrounds(64, 32, 48, torch.Generator().manual_seed(0))
+    assert backgrounds.shape == (64, 3, 32, 48) and backgrounds.min() >= 0 and backgrounds.max() <= 1
+    assert backgrounds.mean((1, 2, 3)).std() > 0.1  # not all alike

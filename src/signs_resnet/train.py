@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import artifact, data, distributed
-from .augment import augment
+from .augment import AugmentConfig, augment
 from .evaluate import evaluate, fit_temperature, logits_of, plot_confusion, plot_curves
 from .model import ResNet50, training_layout
 from .predict import save_model
@@ -54,6 +54,8 @@ class TrainConfig:
     # data only: where the answers on shifted val_signs photos are 95% right (docs/accuracy.md, "Confidence").
     confidence_threshold: float = 0.998
     augment: bool = True
+    # The share of training images composited onto procedural backgrounds (augment.py); 0: off.
+    background_probability: float = 0.0
     seed: int = 0
     hold_out_validation: bool = False
     # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch):
@@ -127,7 +129,8 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
         index = order[i * batch_size:(i + 1) * batch_size]
         x, y = to_input(images[index]), labels[index]
         if config.augment:
-            x = augment(x, augment_generator or generator)
+            x = augment(x, augment_generator or generator,
+                        AugmentConfig(background_probability=config.background_probability))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(first_step + i, total_steps, config, steps)
         with autocast(device, config.precision):
