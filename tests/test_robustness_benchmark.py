@@ -1,0 +1,69 @@
+"""benchmarks/robustness.py's helpers on tiny synthetic inputs: the confidence threshold, the summary
+(accuracy, per class, ECE, confident coverage and accuracy), the table, the targets line and the grid."""
+
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import robustness  # noqa: E402
+
+CLASSES = ["0", "1", "2"]
+
+
+def one_hot_ish(predicted: list[int], top: list[float]) -> torch.Tensor:
+    """Probabilities whose answer is `predicted` with probability `top`, the rest spread evenly."""
+    probabilities = torch.tensor([[(1 - t) / 2] * 3 for t in top])
+    probabilities[torch.arange(len(top)), torch.tensor(predicted)] = torch.tensor(top)
+    return probabilities
+
+
+def test_threshold_keeps_the_largest_confident_set_that_is_right_enough():
+    # Sorted by probability: right, right, right, wrong, right, wrong: the top 5 are 80% right, the top 3 100%.
+    probabilities = one_hot_ish([0, 1, 2, 0, 1, 2], [0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    labels = torch.tensor([0, 1, 2, 1, 1, 0])
+    assert robustness.confident_threshold(probabilities, labels, accuracy=1.0) == pytest.approx(0.9)
+    assert robustness.confident_threshold(probabilities, labels, accuracy=0.8) == pytest.approx(0.7)
+    assert robustness.confident_threshold(probabilities, labels, accuracy=0.5) == pytest.approx(0.6)
+    assert robustness.confident_threshold(probabilities, torch.tensor([1, 0, 0, 1, 0, 1]), accuracy=0.9) == 1.0
+
+
+def test_summary_counts_accuracy_classes_calibration_and_confident_answers():
+    probabilities = one_hot_ish([0, 1, 1, 2], [0.9, 0.9, 0.6, 0.6])
+    labels = torch.tensor([0, 1, 2, 2])  # the third answer is wrong
+    result = robustness.summarise(probabilities, labels, CLASSES, threshold=0.8)
+    assert result["n"] == 4 and result["accuracy"] == pytest.approx(0.75)
+    assert result["per_class"] == {"0": 1.0, "1": 1.0, "2": pytest.approx(0.5)}
+    # ECE: bin 0.9 (2 photos, both right): 0.1 each; bin 0.6 (2 photos, half right): 0.1: 0.1 in all.
+    assert result["ece"] == pytest.approx(0.1)
+    assert result["confident_coverage"] == pytest.approx(0.5) and result["confident_accuracy"] == 1.0
+    nobody = robustness.summarise(probabilities, labels, CLASSES, threshold=0.95)
+    assert nobody["confident_coverage"] == 0 and nobody["confident_accuracy"] is None
+
+
+def row(model, set_name, accuracy, worst_class=0.9, ece=0.05, coverage=0.6, confident=0.97):
+    return {"model": model, "set": set_name, "n": 10, "accuracy": accuracy, "per_class": {"1": worst_class, "5": 1.0},
+            "ece": ece, "threshold": 0.8, "confident_coverage": coverage, "confident_accuracy": confident}
+
+
+def test_table_has_a_row_per_result_and_the_targets_line_says_met_or_not():
+    rows = [row(f"seed{s}", name, accuracy)
+            for s in range(3) for name, accuracy in (("test_signs.h5", 0.99), ("hands_crops", 0.85),
+                                                     ("hands_frames", 0.6))]
+    rows[0] |= {"train_seconds": 700.4}
+    table = robustness.format_table(rows).splitlines()
+    assert len(table) == 2 + 9 and all(line.count("|") == 11 for line in table)
+    assert "| seed0 | test_signs.h5 | 10 | 99.0% | 1: 90%, 5: 100% | 0.050 | 0.800 | 60.0% | 97.0% | 700 |" in table
+    targets = robustness.targets_line(rows)
+    assert "hands_crops >= 80%: met (85.0%)" in targets
+    assert "hands_frames >= 70%: NOT met (60.0%)" in targets
+    assert "ECE on hands_crops <= 0.1: met (0.050)" in targets
+
+
+def test_answer_grid_is_written(tmp_path):
+    photos = robustness.PhotoSet("synthetic", torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1]))
+    path = tmp_path / "grid" / "synthetic.png"
+    robustness.plot_answers(photos, one_hot_ish([0, 1, 0, 0, 2], [0.9] * 5), CLASSES, path, columns=3, rows=2)
+    assert path.stat().st_size > 1000
