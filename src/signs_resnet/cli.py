@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed of the initial weights, batch order and augmentation (default: %(default)s)")
     train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                        help="auto: bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32 (default: %(default)s)")
+    train.add_argument("--background-probability", type=float, default=defaults.background_probability,
+                       help="share of each batch whose hands are composited onto procedural backgrounds "
+                            "(docs/robustness.md) (default: %(default)g)")
     train.add_argument("--no-augment", dest="augment", action="store_false",
                        help="train on the photos as they are (default: augmented)")
     train.add_argument("--hold-out-validation", action="store_true",
