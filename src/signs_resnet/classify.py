@@ -36,12 +36,12 @@ def find_images(paths: Iterable[str | Path]) -> list[tuple[str, str | None]]:
     return found
 
 
-def classify_files(engine: Engine, paths: Iterable[str | Path], batch_size: int = 64,
+def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_size: int = 64,
                    decode_threads: int = 0) -> Iterator[dict[str, Any]]:
-    """One result per file of `find_images(paths)`, in that order: {"path", "label", "probability",
-    "confident", "probabilities"} or {"path", "error"}. The next batches decode while the current one runs."""
+    """One result per entry of `files` (what find_images found), in that order: {"path", "label",
+    "probability", "confident", "probabilities"} or {"path", "error"}. The next batches decode while the
+    current one runs."""
     image_size = engine.model.image_size
-    files = find_images(paths)
     batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
     threads = decode_threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:

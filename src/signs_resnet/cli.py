@@ -94,20 +94,20 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.threads < 0:
         raise ValueError("--batch-size must be at least 1 and --threads not negative")
-    total = len(find_images(args.paths))
-    show_progress = args.progress and sys.stderr.isatty() and total > args.batch_size
+    found = find_images(args.paths)  # once: for the progress bar's total and for classifying
+    show_progress = args.progress and sys.stderr.isatty() and len(found) > args.batch_size
     if args.server:
         from .remote import RemoteModel, classify_remote
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request between the results
         model = RemoteModel(args.server, args.api_key or os.environ.get("SIGNS_API_KEY", ""))
-        classes, results = model.classes, classify_remote(model, args.paths, args.batch_size)
+        classes, results = model.classes, classify_remote(model, found, args.batch_size)
     else:
         from .engines import load_engine
 
         engine = load_engine(_model(args.model), args.engine, args.threads, args.batch_size)
-        classes, results = engine.model.classes, classify_files(engine, args.paths, args.batch_size)
-    results = list(tqdm(results, total=total, unit="image", disable=not show_progress, file=sys.stderr))
+        classes, results = engine.model.classes, classify_files(engine, found, args.batch_size)
+    results = list(tqdm(results, total=len(found), unit="image", disable=not show_progress, file=sys.stderr))
     print(format_results(results, classes, "json" if args.json else "csv" if args.csv else "text"), end="")
     return 1 if any("error" in result for result in results) else 0
 

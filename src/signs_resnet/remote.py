@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from .classify import answer, find_images
+from .classify import answer
 
 DEFAULT_MAX_IMAGES = 64
 RETRIES = 5  # tries per request while the server answers 503 (overloaded or starting)
@@ -94,9 +94,10 @@ class RemoteModel:
             raise ValueError(f"{self.url}{response.url.path}: {response.status_code} {_error_of(response)['message']}")
 
 
-def classify_remote(model: RemoteModel, paths: list[str], batch_size: int) -> Iterator[dict[str, Any]]:
-    """One result per file of `find_images(paths)`, in that order, as classify.classify_files gives them."""
-    found = find_images(paths)
+def classify_remote(model: RemoteModel, found: list[tuple[str, str | None]],
+                    batch_size: int) -> Iterator[dict[str, Any]]:
+    """One result per entry of `found` (what find_images found), in that order, as classify.classify_files
+    gives them."""
     size = max(1, min(batch_size, model.max_images))
     for start in range(0, len(found), size):
         results: dict[int, dict[str, Any]] = {}
