@@ -74,7 +74,7 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
         for result in results:
             if "error" not in result:
                 row = next(rows)
-                result |= answer(row, engine.model.classes, max(row) >= engine.model.confidence_threshold)
+                result |= answer(row, engine.model.classes, engine.model.is_confident(row))
     yield from results
 
 

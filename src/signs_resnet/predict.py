@@ -22,7 +22,8 @@ def default_model_path() -> str:
     return os.environ.get("SIGNS_MODEL") or DEFAULT_MODEL
 
 
-# For models written before training stored a confidence threshold: the default recipe's (train.TrainConfig).
+# The default recipe's confidence threshold (train.TrainConfig), also for models written before training
+# stored one. Fixed on SIGNS data only (docs/accuracy.md, "Confidence").
 DEFAULT_CONFIDENCE_THRESHOLD = 0.998
 
 
@@ -43,6 +44,10 @@ class LoadedModel:
     def confidence_threshold(self) -> float:
         """An answer is confident when its top probability is at least this (docs/accuracy.md, "Confidence")."""
         return float(self.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
+
+    def is_confident(self, probabilities: list[float]) -> bool:
+        """The rule every answer follows: its top class probability reaches the model's threshold."""
+        return max(probabilities) >= self.confidence_threshold
 
 
 def save_model(path: str | Path, model: ResNet50Model, metadata: dict[str, Any]) -> str:

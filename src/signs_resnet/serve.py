@@ -150,7 +150,7 @@ async def predict_route(request: Request) -> JSONResponse:
         predictions = _sorted_predictions(result.probabilities[index], engine.model.classes)
         results.append({"filename": name, "label": predictions[0]["label"],
                         "probability": predictions[0]["probability"],
-                        "confident": max(result.probabilities[index]) >= engine.model.confidence_threshold,
+                        "confident": engine.model.is_confident(result.probabilities[index]),
                         "predictions": predictions})
         if pngs:
             results[-1]["image"] = pngs[index]

@@ -122,7 +122,7 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine, settings: ServeSett
 def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str]) -> list[OutputTensor]:
     """The requested outputs (all when none are) of the batch's rows of probabilities."""
     labels = [model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
-    confident = [max(row) >= model.confidence_threshold for row in rows]
+    confident = [model.is_confident(row) for row in rows]
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
                                              [value for row in rows for value in row]),
                "label": OutputTensor("label", "BYTES", [len(rows)], labels),

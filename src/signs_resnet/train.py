@@ -27,7 +27,7 @@ from . import artifact, data, distributed
 from .augment import AugmentConfig, augment
 from .evaluate import evaluate, fit_temperature, logits_of, plot_confusion, plot_curves
 from .model import ResNet50, training_layout
-from .predict import save_model
+from .predict import DEFAULT_CONFIDENCE_THRESHOLD, save_model
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class TrainConfig:
     temperature: float = 0.54
     # An answer is "confident" when its top probability (at the temperature above) is at least this. Fixed on SIGNS
     # data only: where the answers on shifted val_signs photos are 95% right (docs/accuracy.md, "Confidence").
-    confidence_threshold: float = 0.998
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     augment: bool = True
     # The share of training images composited onto procedural backgrounds (augment.py); 0: off.
     background_probability: float = 0.0
