@@ -74,6 +74,19 @@ def test_hand_mask_finds_the_hand_of_a_plain_background_photo():
     assert mask[inside].min() > 0.95 and mask[outside].max() < 0.05
 
 
+def test_hand_mask_leaves_out_the_hands_gray_shadow():
+    """A shadow on the wall is darker than the border but gray: pasted elsewhere it would be an extra finger.
+    (This wall's saturation, 0.07, is a typical SIGNS wall's; without the colour test the shadow is all hand.)"""
+    images, hand = synthetic_signs_photo()
+    shadow = torch.zeros_like(hand)
+    shadow[:, :, 8:30, 36:41] = True  # a finger's shadow beside the finger
+    images = torch.where(shadow, images * 0.7, images)
+    mask = hand_mask(images)
+    assert mask[shadow & (F.avg_pool2d(shadow.float(), 3, 1, 1) == 1)].max() < 0.2
+    inside = hand & (F.avg_pool2d(hand.float(), 5, 1, 2) == 1)
+    assert mask[inside].min() > 0.95
+
+
 def test_compositing_keeps_the_hand_replaces_the_background_and_is_deterministic():
     images, hand = synthetic_signs_photo(16)
     config = AugmentConfig(background_probability=1.0)

@@ -88,6 +88,10 @@ def random_colour(images: torch.Tensor, config: AugmentConfig, generator: torch.
 # times how much darker than the border the pixel is. Chosen by eye on val_signs masks.
 MASK_DARKNESS_WEIGHT = 0.3
 MASK_THRESHOLD, MASK_SOFTNESS = 0.08, 0.02
+# ... and only where it has colour: skin is saturated, the hand's shadow on the wall is gray. Kept as hand, a
+# shadow pasted onto a new background is an extra finger, and a SIGNS "4" was read as "5" (docs/robustness.md,
+# "The shadow fix"). Chosen by eye on training photos of "2" and "4".
+SATURATION_THRESHOLD, SATURATION_SOFTNESS = 0.12, 0.03
 
 
 def border_colour(images: torch.Tensor) -> torch.Tensor:
@@ -101,14 +105,22 @@ def _length(colours: torch.Tensor) -> torch.Tensor:
     return (colours * colours).sum(1, keepdim=True).sqrt()
 
 
+def saturation(images: torch.Tensor) -> torch.Tensor:
+    """HSV saturation, N x 1 x H x W: 0 for gray, 1 for a pure colour."""
+    high, low = images.amax(1, keepdim=True), images.amin(1, keepdim=True)
+    return (high - low) / high.clamp(min=1e-3)
+
+
 def hand_mask(images: torch.Tensor) -> torch.Tensor:
-    """A soft mask (N x 1 x H x W in [0, 1], 1 = hand) of what differs from each photo's plain background."""
+    """A soft mask (N x 1 x H x W in [0, 1], 1 = hand) of what differs from each photo's plain background
+    and has colour (not the hand's gray shadow)."""
     border = border_colour(images)
     direction = border / _length(border).clamp(min=1e-3)
     along = (images * direction).sum(1, keepdim=True)
     across = _length(images - along * direction)
     darker = (_length(border) - along).clamp(min=0)
     mask = torch.sigmoid((across + MASK_DARKNESS_WEIGHT * darker - MASK_THRESHOLD) / MASK_SOFTNESS)
+    mask = mask * torch.sigmoid((saturation(images) - SATURATION_THRESHOLD) / SATURATION_SOFTNESS)
     mask = -F.max_pool2d(-F.max_pool2d(mask, 3, 1, 1), 3, 1, 1)  # close: fill specks, keep finger gaps
     return F.avg_pool2d(mask, 3, 1, 1, count_include_pad=False)  # soften the edge
 
