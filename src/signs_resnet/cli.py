@@ -16,7 +16,7 @@ from . import data
 from .engines import ENGINES
 from .predict import DEFAULT_MODEL, default_model_path
 from .settings import ServeSettings
-from .train import PRECISIONS, TrainConfig
+from .train import BACKGROUND_SCHEDULES, PRECISIONS, TrainConfig
 
 log = logging.getLogger("signs_resnet")
 
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--background-probability", type=float, default=defaults.background_probability,
                        help="share of each batch whose hands are composited onto procedural backgrounds "
                             "(docs/robustness.md) (default: %(default)g)")
+    train.add_argument("--background-schedule", choices=BACKGROUND_SCHEDULES, default=defaults.background_schedule,
+                       help="constant: that share all through; linear: falling to 0 by the last step "
+                            "(default: %(default)s)")
     train.add_argument("--no-augment", dest="augment", action="store_false",
                        help="train on the photos as they are (default: augmented)")
     train.add_argument("--hold-out-validation", action="store_true",

@@ -35,6 +35,7 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.csv"
 PRECISIONS = ("auto", "bf16", "fp32")
+BACKGROUND_SCHEDULES = ("constant", "linear")
 
 
 @dataclass
@@ -56,6 +57,9 @@ class TrainConfig:
     augment: bool = True
     # The share of training images composited onto procedural backgrounds (augment.py); 0: off.
     background_probability: float = 0.0
+    # "constant", or "linear": the share falls from background_probability to 0 over training, so the last
+    # epochs see SIGNS photos as they are (docs/robustness.md, "The shadow fix").
+    background_schedule: str = "constant"
     seed: int = 0
     hold_out_validation: bool = False
     # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch):
@@ -79,6 +83,16 @@ def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per
         return config.learning_rate * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def background_share(step: int, total_steps: int, config: TrainConfig) -> float:
+    """The share of this step's batch composited onto procedural backgrounds."""
+    if config.background_schedule not in BACKGROUND_SCHEDULES:
+        raise ValueError(f"background_schedule must be one of {', '.join(BACKGROUND_SCHEDULES)}, "
+                         f"got {config.background_schedule!r}")
+    if config.background_schedule == "linear":
+        return config.background_probability * (1 - step / total_steps)
+    return config.background_probability
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -130,7 +144,7 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
         x, y = to_input(images[index]), labels[index]
         if config.augment:
             x = augment(x, augment_generator or generator,
-                        AugmentConfig(background_probability=config.background_probability))
+                        AugmentConfig(background_probability=background_share(first_step + i, total_steps, config)))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(first_step + i, total_steps, config, steps)
         with autocast(device, config.precision):
