@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from signs_resnet import data, train  # noqa: E402
-from signs_resnet.augment import augment  # noqa: E402
+from signs_resnet.augment import AugmentConfig, augment  # noqa: E402
 from signs_resnet.model import MatmulConv2d, ResNet50, training_layout  # noqa: E402
 
 BATCH = 32
@@ -60,9 +60,9 @@ class Loop:
     """A model, its optimizer and a step function, on fixed real training photos."""
 
     def __init__(self, ours: bool, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", augmentation: AugmentConfig = AugmentConfig()):
         torch.manual_seed(0)
-        self.ours, self.device, self.precision = ours, device, precision
+        self.ours, self.device, self.precision, self.augmentation = ours, device, precision, augmentation
         self.model = ResNet50().to(device)
         if not ours:  # plain convolutions everywhere (ours trains some as matrix products)
             for module in self.model.modules():
@@ -80,7 +80,7 @@ class Loop:
     def step(self, index: torch.Tensor) -> None:
         x, y = self.images[index], self.labels[index]
         if self.ours:
-            x = augment(train.to_input(x), self.generator)
+            x = augment(train.to_input(x), self.generator, self.augmentation)
             with train.autocast(self.device, self.precision):
                 logits = self.model(x)
         else:
@@ -145,11 +145,15 @@ def main() -> None:
     train_set = data.load_splits(args.data).train
     flops = flops_per_step(train_set.images, train_set.labels, device)
     precision = train.resolve_precision(train.TrainConfig().precision, device)
+    recipe = AugmentConfig(background_probability=train.TrainConfig().background_probability)
     loops = {"baseline": Loop(False, train_set.images, train_set.labels, device),
-             "ours": Loop(True, train_set.images, train_set.labels, device, precision)}
+             "ours": Loop(True, train_set.images, train_set.labels, device, precision, recipe)}
     other = {"bf16": "fp32", "fp32": "bf16"}[precision]
     if args.other_precision:
-        loops["other"] = Loop(True, train_set.images, train_set.labels, device, other)
+        loops["other"] = Loop(True, train_set.images, train_set.labels, device, other, recipe)
+    if recipe.background_probability > 0:  # what compositing costs: the same step without it
+        loops["plain"] = Loop(True, train_set.images, train_set.labels, device, precision,
+                              AugmentConfig(background_probability=0.0))
     for loop in loops.values():  # warm-up: allocator, oneDNN kernel selection
         loop.seconds_per_step(3)
     times: dict[str, list[float]] = {name: [] for name in loops}
@@ -163,8 +167,10 @@ def main() -> None:
     print("| loop | ms/step | images/s | s/epoch (1080 images) | TFLOP/s | of peak | vs baseline |")
     print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: |")
     labels = {"baseline": "plain fp32 eager (NCHW, Adam)",
-              "ours": f"ours ({precision}, channels-last, fused AdamW, aug.)",
-              "other": f"ours in {other} (not the default here)"}
+              "ours": f"ours ({precision}, channels-last, fused AdamW, aug., backgrounds "
+                      f"{recipe.background_probability:g})",
+              "other": f"ours in {other} (not the default here)",
+              "plain": "ours without background compositing"}
     for key, seconds in rows.items():
         tflops = flops / seconds / 1e12
         print(f"| {labels[key]} | {seconds * 1000:.0f} | {BATCH / seconds:.0f} | {EPOCH_IMAGES / BATCH * seconds:.1f} "
@@ -172,6 +178,10 @@ def main() -> None:
     figures = {"device": name, "peak_tflops": {"fp32": peak_fp32, "bf16": peak_bf16}, "gflop_per_step": flops / 1e9,
                "ms_per_step": {k: v * 1000 for k, v in rows.items()}, "speedup": rows["baseline"] / rows["ours"],
                "precision": precision}
+    if "plain" in rows:
+        print(f"background compositing at {recipe.background_probability:g}: "
+              f"{rows['ours'] / rows['plain']:.3f}x the step without it")
+        figures["compositing_cost"] = rows["ours"] / rows["plain"]
 
     if not args.skip_full:
         full = full_training(args.data, args.out)
