@@ -13,11 +13,12 @@ trained once per seed, it measures on
 Every file goes through data.prepare_image, the path `signs predict` and the server take; probabilities
 come from predict() (PyTorch fp32, the model's temperature), which the server's engines match to ~0.04.
 
-Confident answers: an answer is confident when its probability is at least a threshold fixed from SIGNS
-data alone (`confident_threshold`): the val_signs photos, each composited onto procedural backgrounds
-and augmented like training photos (a seeded shift away from SIGNS' look, built from SIGNS only), are
-answered, and the threshold is the lowest probability above which those answers are >= 95% right.
-real/ is only measured, never used to choose anything here.
+Confident answers: the product's rule, the model's stored threshold (LoadedModel.is_confident). How a
+recipe's threshold is fixed, from SIGNS data alone (`confident_threshold`), is printed for hold-out runs:
+the val_signs photos, each composited onto procedural backgrounds and augmented like training photos (a
+seeded shift away from SIGNS' look, built from SIGNS only), are answered, and the threshold is the lowest
+probability above which those answers are >= 95% right (for a model trained on all 1080 photos those are
+training photos, so it is not printed). real/ is only measured, never used to choose anything here.
 
 --out DIR writes results.json, and for each model grids of real photos with its answers (right in green,
 wrong in red): DIR/<model>/<set>.png (a sample) and DIR/<model>/<set>_errors.png.
@@ -214,8 +215,12 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
     model = load_model(model_path)
     sets, val = signs_sets(model, data_path)
     sets += [real_set(real / s, model.classes, model.image_size) for s in REAL_SETS]
-    reference = shifted_reference(val)
-    threshold = confident_threshold(predict(model, reference.images), reference.labels)
+    if model.metadata.get("training", {}).get("hold_out_validation"):
+        reference = shifted_reference(val)
+        fitted = confident_threshold(predict(model, reference.images), reference.labels)
+        print(f"{name}: threshold fixed on shifted val_signs (the recipe's confidence_threshold): {fitted:.3f} "
+              f"at temperature {model.metadata.get('temperature', 1.0):.3f}", flush=True)
+    threshold = model.confidence_threshold
     rows = []
     for photos in sets:
         probabilities = predict(model, photos.images)
