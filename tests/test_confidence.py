@@ -15,7 +15,6 @@ from PIL import Image
 
 from conftest import ROOT
 from signs_resnet.predict import DEFAULT_CONFIDENCE_THRESHOLD, load_model
-from signs_resnet.train import TrainConfig
 
 
 def png(array: np.ndarray) -> bytes:
@@ -29,7 +28,6 @@ NO_HAND = png(np.full((120, 160, 3), 128, dtype=np.uint8))  # a grey wall
 
 def test_the_threshold_travels_with_the_model(model_file):
     model = load_model(model_file)
-    assert TrainConfig().confidence_threshold == DEFAULT_CONFIDENCE_THRESHOLD
     assert model.confidence_threshold == model.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD)
     model.metadata["confidence_threshold"] = 0.25
     assert model.confidence_threshold == 0.25

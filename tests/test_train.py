@@ -201,7 +201,7 @@ def test_the_model_records_the_precision_it_trained_in(trained):
 
 
 def test_the_background_share_is_constant_or_falls_to_zero_by_the_last_step():
-    constant = TrainConfig(background_probability=0.6)
+    constant = TrainConfig(background_probability=0.6, background_schedule="constant")
     linear = TrainConfig(background_probability=0.6, background_schedule="linear")
     assert [train.background_share(s, 100, constant) for s in (0, 50, 99)] == [0.6, 0.6, 0.6]
     assert [train.background_share(s, 100, linear) for s in (0, 50, 100)] == pytest.approx([0.6, 0.3, 0.0])

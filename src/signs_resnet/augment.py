@@ -3,7 +3,8 @@
 SIGNS photos are square, hand-centred, on a light background; users send phone photos. So each
 image is randomly rotated, zoomed, shifted and mirrored (a left hand shows the same count), and its
 colours are jittered (lighting, white balance, skin tone), all on the whole batch at once.
-Optionally (`background_probability`), a share of each batch first has its plain background replaced:
+Optionally (`background_probability`; the default training recipe sets it, train.TrainConfig), a share of
+each batch first has its plain background replaced:
 the hand and arm are cut out by their colour distance from the photo's own border colour (a soft mask)
 and composited onto a procedural background (colour fields, gradients, stripes, rectangles, noise).
 """
@@ -32,7 +33,8 @@ class AugmentConfig:
     saturation: float = 0.45
     hue_degrees: float = 15.0
     grayscale_probability: float = 0.15
-    # The share of images composited onto a procedural background (0: off, and no random numbers drawn).
+    # The share of images composited onto a procedural background (0: off, and no random numbers drawn); the
+    # training recipe sets it per step (train.background_share).
     background_probability: float = 0.0
     background_blur_probability: float = 0.3  # of those, how many backgrounds are also blurred
 

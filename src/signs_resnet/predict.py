@@ -22,8 +22,8 @@ def default_model_path() -> str:
     return os.environ.get("SIGNS_MODEL") or DEFAULT_MODEL
 
 
-# The default recipe's confidence threshold (train.TrainConfig), also for models written before training
-# stored one. Fixed on SIGNS data only (docs/accuracy.md, "Confidence").
+# The threshold of models written before training stored one: their recipe's, fixed on SIGNS data only
+# (docs/accuracy.md, "Confidence"). Today's recipe stores its own (train.TrainConfig.confidence_threshold).
 DEFAULT_CONFIDENCE_THRESHOLD = 0.998
 
 
