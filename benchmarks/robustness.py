@@ -159,11 +159,16 @@ def real_set(folder: Path, classes: list[str], size: int) -> PhotoSet:
     return PhotoSet(folder.name, images, labels, files)
 
 
+def held_out(model) -> bool:
+    """Whether the model was trained with --hold-out-validation (val_signs unseen), as its metadata says."""
+    return bool(model.metadata.get("training", {}).get("hold_out_validation"))
+
+
 def signs_sets(model, data_path: str | None) -> tuple[list[PhotoSet], data.Dataset]:
     """test_signs.h5 (and val_signs for a hold-out model), and the val_signs photos for the confidence rule."""
     splits = data.load_splits(data_path, hold_out_validation=True, classes=model.classes)
     sets = [PhotoSet("test_signs.h5", data.scale(splits.test.images), splits.test.labels)]
-    if model.metadata.get("training", {}).get("hold_out_validation"):
+    if held_out(model):
         sets.append(PhotoSet("val_signs", data.scale(splits.val.images), splits.val.labels))
     return sets, splits.val
 
@@ -215,7 +220,7 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
     model = load_model(model_path)
     sets, val = signs_sets(model, data_path)
     sets += [real_set(real / s, model.classes, model.image_size) for s in REAL_SETS]
-    if model.metadata.get("training", {}).get("hold_out_validation"):
+    if held_out(model):
         reference = shifted_reference(val)
         fitted = confident_threshold(predict(model, reference.images), reference.labels)
         print(f"{name}: threshold fixed on shifted val_signs (the recipe's confidence_threshold): {fitted:.3f} "

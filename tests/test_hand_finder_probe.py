@@ -8,7 +8,6 @@ from conftest import ROOT
 from PIL import Image
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tests"))
 import hand_finder  # noqa: E402
 from test_augment import synthetic_signs_photo  # noqa: E402
 
