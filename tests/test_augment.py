@@ -3,7 +3,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from signs_resnet.augment import AugmentConfig, augment, composite_backgrounds, hand_mask, procedural_backgrounds
+from signs_resnet.augment import (AugmentConfig, augment, composite_backgrounds, gaussian_blur, hand_mask,
+                                  procedural_backgrounds, random_affine, random_camera, random_colour)
 
 
 def test_augment_keeps_shape_and_range_and_changes_the_images():
@@ -117,3 +118,44 @@ def test_procedural_backgrounds_are_in_range_and_varied():
     backgrounds = procedural_backgrounds(64, 32, 48, torch.Generator().manual_seed(0))
     assert backgrounds.shape == (64, 3, 32, 48) and backgrounds.min() >= 0 and backgrounds.max() <= 1
     assert backgrounds.mean((1, 2, 3)).std() > 0.1  # not all alike
+
+
+def _sharpness(images: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean absolute difference between horizontal neighbours."""
+    return (images[..., 1:] - images[..., :-1]).abs().mean((1, 2, 3))
+
+
+def test_camera_softens_a_share_of_the_batch_in_range_and_deterministically():
+    stripes = (torch.arange(64) // 2 % 2).float().expand(64, 3, 64, 64).clone() * 0.8 + 0.1
+    config = AugmentConfig(camera_probability=0.5)
+    copy = stripes.clone()
+    out = random_camera(stripes, config, torch.Generator().manual_seed(0))
+    assert torch.equal(out, random_camera(stripes, config, torch.Generator().manual_seed(0)))
+    assert out.min() >= 0 and out.max() <= 1 and torch.equal(stripes, copy)
+    changed = (out - stripes).abs().amax((1, 2, 3)) > 0
+    assert 16 <= changed.sum() <= 48  # about half
+    assert (_sharpness(out[changed]) < 0.8 * _sharpness(stripes[changed])).float().mean() > 0.9
+    assert torch.equal(out[~changed], stripes[~changed])
+
+
+def test_camera_off_leaves_recipes_as_they_were():
+    images = torch.rand(8, 3, 64, 64)
+    assert torch.equal(random_camera(images, AugmentConfig(camera_probability=0.0), torch.Generator()), images)
+    # Off, augment() draws no camera numbers, so a seed gives what it gave before the field existed.
+    off, before = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    augment(images, off, AugmentConfig(camera_probability=0.0))
+    random_colour(random_affine(images, AugmentConfig(), before), AugmentConfig(), before)
+    assert torch.equal(off.get_state(), before.get_state())
+    on = torch.Generator().manual_seed(0)
+    augment(images, on, AugmentConfig(camera_probability=0.5))
+    assert not torch.equal(on.get_state(), before.get_state())
+
+
+def test_gaussian_blur_keeps_a_flat_image_and_spreads_a_dot():
+    flat = torch.full((2, 3, 9, 9), 0.4)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([0.5, 1.2])), flat)
+    dot = torch.zeros(2, 3, 9, 9)
+    dot[:, :, 4, 4] = 1
+    blurred = gaussian_blur(dot, torch.tensor([0.0, 1.2]))
+    assert blurred[0, :, 4, 4].allclose(torch.ones(3), atol=1e-4)  # sigma 0: unchanged
+    assert blurred[1, :, 4, 4].max() < 0.2 and torch.allclose(blurred[1].sum((1, 2)), torch.ones(3), atol=1e-4)

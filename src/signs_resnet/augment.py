@@ -7,6 +7,8 @@ Optionally (`background_probability`; the default training recipe sets it, train
 each batch first has its plain background replaced:
 the hand and arm are cut out by their colour distance from the photo's own border colour (a soft mask)
 and composited onto a procedural background (colour fields, gradients, stripes, rectangles, noise).
+Optionally (`camera_probability`), a share of each batch is last made to look like a webcam's: less
+resolution, blur, noise.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class AugmentConfig:
     # training recipe sets it per step (train.background_share).
     background_probability: float = 0.0
     background_blur_probability: float = 0.3  # of those, how many backgrounds are also blurred
+    # The share of images that look taken by a webcam (random_camera): resolution lost, blurred, noisy; 0: off,
+    # and no random numbers drawn.
+    camera_probability: float = 0.0
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -81,6 +86,52 @@ def random_colour(images: torch.Tensor, config: AugmentConfig, generator: torch.
     to_gray = (torch.rand(n, generator=generator) < config.grayscale_probability).view(n, 1, 1, 1).to(images.device)
     images = torch.where(to_gray, (images * gray_weights).sum(1, keepdim=True).expand_as(images), images)
     return images.clamp_(0, 1)
+
+
+# --- camera ----------------------------------------------------------------------------------
+
+# A webcam photo of a hand is cut from a larger, softer frame than SIGNS' sharp 64x64 photos: each chosen
+# image is shrunk to a side of CAMERA_MIN_SIDE..64 pixels (in steps of 4) and brought back, blurred with a
+# Gaussian of sigma up to CAMERA_MAX_BLUR pixels and given sensor noise of up to CAMERA_MAX_NOISE. Screened
+# on the real sets (docs/robustness.md, "Fourth session").
+CAMERA_MIN_SIDE, CAMERA_MAX_BLUR, CAMERA_MAX_NOISE = 20, 1.2, 0.04
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
+    """Each image blurred with its own sigma (N, in pixels; 0 leaves it as it is), edges replicated."""
+    n, channels, height, width = images.shape
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma.to(images).clamp(min=1e-3)[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(channels, 0)  # (N * C) x taps
+    x = images.reshape(1, n * channels, height, width)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * channels)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=n * channels)
+    return x.reshape(n, channels, height, width)
+
+
+def random_camera(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """A `camera_probability` share of the batch with lost resolution, blur and noise, in [0, 1].
+
+    The random numbers drawn depend on the batch's shape only."""
+    n, _, height, width = images.shape
+    chosen = torch.rand(n, generator=generator) < config.camera_probability
+    sides = CAMERA_MIN_SIDE + 4 * torch.randint(0, (height - CAMERA_MIN_SIDE) // 4 + 1, (n,), generator=generator)
+    sigma = torch.rand(n, generator=generator) * CAMERA_MAX_BLUR
+    noise = torch.randn(images.shape, generator=generator) * (torch.rand(n, generator=generator) * CAMERA_MAX_NOISE
+                                                              ).view(n, 1, 1, 1)
+    index = torch.nonzero(chosen).flatten()
+    if len(index) == 0:
+        return images
+    x = images[index.to(images.device)]
+    for side in sides[index].unique().tolist():  # one resize per side (at most 12)
+        same = torch.nonzero(sides[index] == side).flatten().to(images.device)
+        if side < height:
+            x[same] = F.interpolate(F.interpolate(x[same], size=(side, side * width // height), mode="area"),
+                                    size=(height, width), mode="bilinear", align_corners=False)
+    x = gaussian_blur(x, sigma[index]) + noise[index].to(x)
+    out = images.clone()
+    out[index.to(images.device)] = x.clamp(0, 1)
+    return out
 
 
 # --- backgrounds ------------------------------------------------------------------------------
@@ -222,4 +273,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, config: AugmentCon
     """A randomly transformed copy of a float batch; the same generator state gives the same result."""
     if config.background_probability > 0:
         images = composite_backgrounds(images, config, generator)
-    return random_colour(random_affine(images, config, generator), config, generator)
+    images = random_colour(random_affine(images, config, generator), config, generator)
+    if config.camera_probability > 0:
+        images = random_camera(images, config, generator)
+    return images

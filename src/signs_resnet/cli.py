@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--background-schedule", choices=BACKGROUND_SCHEDULES, default=defaults.background_schedule,
                        help="constant: that share all through; linear: falling to 0 by the last step "
                             "(default: %(default)s)")
+    train.add_argument("--camera-probability", type=float, default=defaults.camera_probability,
+                       help="share of each batch made to look taken by a webcam: less resolution, blur, noise "
+                            "(docs/robustness.md) (default: %(default)g)")
     train.add_argument("--no-augment", dest="augment", action="store_false",
                        help="train on the photos as they are (default: augmented)")
     train.add_argument("--hold-out-validation", action="store_true",

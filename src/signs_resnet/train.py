@@ -62,6 +62,8 @@ class TrainConfig:
     # from 0.6 it keeps both (docs/robustness.md, "The default: backgrounds, falling to none").
     background_probability: float = 0.6
     background_schedule: str = "linear"
+    # The share of training images made to look taken by a webcam (augment.random_camera); 0: off.
+    camera_probability: float = 0.0
     seed: int = 0
     hold_out_validation: bool = False
     # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch):
@@ -146,7 +148,8 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
         x, y = to_input(images[index]), labels[index]
         if config.augment:
             x = augment(x, augment_generator or generator,
-                        AugmentConfig(background_probability=background_share(first_step + i, total_steps, config)))
+                        AugmentConfig(background_probability=background_share(first_step + i, total_steps, config),
+                                      camera_probability=config.camera_probability))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(first_step + i, total_steps, config, steps)
         with autocast(device, config.precision):
