@@ -1,5 +1,6 @@
 """A real training subprocess, killed or interrupted mid-run, resumes to exactly the result of an uninterrupted run."""
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from signs_resnet import artifact, load_model
-from signs_resnet.train import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE
+from signs_resnet.train import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, _check_resumable
 
 EPOCHS = 3  # the interrupted runs stop during epoch 2; the third keeps them from finishing first on a loaded machine
 
@@ -90,3 +91,13 @@ def test_resume_refuses_a_corrupt_checkpoint_naming_it(signs_slice, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{checkpoint}: not a checkpoint file" in result.stderr
     assert checkpoint.read_bytes() == b"\0" * 1000  # left for the user to inspect, not overwritten
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_and_a_changed_setting_is_refused(tmp_path):
+    saved = dataclasses.asdict(TrainConfig())
+    del saved["camera_probability"]  # written before the field existed
+    _check_resumable(saved, TrainConfig(), tmp_path)
+    with pytest.raises(ValueError, match=r"different settings \(camera_probability\)"):
+        _check_resumable(saved, TrainConfig(camera_probability=0.5), tmp_path)
+    with pytest.raises(ValueError, match=r"different settings \(seed\)"):
+        _check_resumable(saved, TrainConfig(seed=1), tmp_path)

@@ -62,7 +62,7 @@ class TrainConfig:
     # from 0.6 it keeps both (docs/robustness.md, "The default: backgrounds, falling to none").
     background_probability: float = 0.6
     background_schedule: str = "linear"
-    # The share of training images made to look taken by a webcam (augment.random_camera); 0: off.
+    # The share of training images made to look as if taken by a webcam (augment.random_camera); 0: off.
     camera_probability: float = 0.0
     seed: int = 0
     hold_out_validation: bool = False
@@ -364,7 +364,10 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     ignored = {"progress", "resume", "out", "checkpoint_every_s"}
-    different = [k for k, v in dataclasses.asdict(config).items() if k not in ignored and saved.get(k) != v]
+    # A setting added since the checkpoint was written had its default then.
+    defaults = dataclasses.asdict(TrainConfig())
+    different = [k for k, v in dataclasses.asdict(config).items()
+                 if k not in ignored and saved.get(k, defaults[k]) != v]
     if different:
         raise ValueError(f"{path}: was written with different settings ({', '.join(different)}); "
                          "resume with the same options or use another --out")
