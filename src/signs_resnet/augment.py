@@ -39,7 +39,7 @@ class AugmentConfig:
     # training recipe sets it per step (train.background_share).
     background_probability: float = 0.0
     background_blur_probability: float = 0.3  # of those, how many backgrounds are also blurred
-    # The share of images that look taken by a webcam (random_camera): resolution lost, blurred, noisy; 0: off,
+    # The share of images made to look as if taken by a webcam (random_camera): resolution lost, blurred, noisy; 0: off,
     # and no random numbers drawn.
     camera_probability: float = 0.0
 
@@ -98,9 +98,11 @@ def random_colour(images: torch.Tensor, config: AugmentConfig, generator: torch.
 CAMERA_MIN_SIDE, CAMERA_MAX_BLUR, CAMERA_MAX_NOISE = 20, 1.2, 0.04
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
-    """Each image blurred with its own sigma (N, in pixels; 0 leaves it as it is), edges replicated."""
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Each image blurred with its own sigma (N, in pixels; 0 leaves it as it is), edges replicated; the
+    kernel reaches 3 of the largest sigma."""
     n, channels, height, width = images.shape
+    radius = max(1, math.ceil(3 * float(sigma.max()))) if len(sigma) else 1
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-offsets ** 2 / (2 * sigma.to(images).clamp(min=1e-3)[:, None] ** 2))
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(channels, 0)  # (N * C) x taps
@@ -124,7 +126,7 @@ def random_camera(images: torch.Tensor, config: AugmentConfig, generator: torch.
     if len(index) == 0:
         return images
     x = images[index.to(images.device)]
-    for side in sides[index].unique().tolist():  # one resize per side (at most 12)
+    for side in sides[index].unique().tolist():  # one resize per side below the photo's (at most 11 at 64 px)
         same = torch.nonzero(sides[index] == side).flatten().to(images.device)
         if side < height:
             x[same] = F.interpolate(F.interpolate(x[same], size=(side, side * width // height), mode="area"),
