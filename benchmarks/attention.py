@@ -4,7 +4,7 @@
         [--stage 3] [--per-row 8] [--data PATH] [--real DIR]
 
 Grad-CAM (Selvaraju et al., 2017): the answer's logit is differentiated with respect to a stage's output
-(stage 3: 8x8 cells of 1024 channels for a 64x64 photo; stage 4: 4x4); each channel is weighted by its mean
+(stage 3: 8x8 cells of 512 channels for a 64x64 photo; stage 4: 4x4 of 1024); each channel is weighted by its mean
 gradient, the weighted sum kept where positive, scaled to the photo. Bright = what raised the answer.
 Rows: SIGNS test "4"s and "5"s, then real crops (`real/hands_crops`): "4"s read as "5", "4"s read right,
 "1"s read wrong, "1"s read right; photos picked evenly through each group's sorted file names. Each map
@@ -32,17 +32,20 @@ from robustness import real_set  # noqa: E402
 
 
 def grad_cam(network: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor, stage: int = 3) -> torch.Tensor:
-    """Grad-CAM maps N x H x W in [0, 1] (each scaled to its own maximum) for the given class of each image."""
-    stages = [network.stage1, network.stage2, network.stage3, network.stage4, network.stage5]
-    x = images.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for layer in stages[:stage]:
-            x = layer(x)
-    features = x.detach().requires_grad_(True)
-    x = features
-    for layer in stages[stage:]:
-        x = layer(x)
-    logits = network.fc(network.flatten(network.pool(x)))
+    """Grad-CAM maps N x H x W in [0, 1] (each scaled to its own maximum, or all 0) for the given class of
+    each image, from the network's own forward pass with the stage's output kept."""
+    kept = {}
+
+    def keep(_module, _inputs, output):  # the rest of the pass starts from this leaf, whatever the weights need
+        kept["features"] = output.detach().requires_grad_(True)
+        return kept["features"]
+
+    hook = getattr(network, f"stage{stage}").register_forward_hook(keep)
+    try:
+        logits = network(images.contiguous(memory_format=torch.channels_last))
+    finally:
+        hook.remove()
+    features = kept["features"]
     gradients, = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), features)
     weights = gradients.mean((2, 3), keepdim=True)
     cam = F.relu((weights * features).sum(1, keepdim=True)).detach()
@@ -54,6 +57,8 @@ def pick(indices: list[int], count: int) -> list[int]:
     """`count` of the indices, evenly spread (all of them when there are fewer)."""
     if len(indices) <= count:
         return indices
+    if count == 1:
+        return [indices[len(indices) // 2]]
     return [indices[round(i * (len(indices) - 1) / (count - 1))] for i in range(count)]
 
 
@@ -66,36 +71,38 @@ def main() -> None:
     parser.add_argument("--data", help="SIGNS data (default: $SIGNS_DATA or ../shared/data/signs)")
     parser.add_argument("--real", type=Path, help="real photos (default: real/ beside the SIGNS data)")
     args = parser.parse_args()
+    if args.per_row < 1:
+        parser.error("--per-row must be at least 1")
     model = load_model(args.model)
-    torch.set_grad_enabled(True)
     real = args.real or data.default_data_path().parent / "real"
-    test = data.load_splits(args.data).test
+    test = data.load_splits(args.data, classes=model.classes).test
     signs_images = data.scale(test.images)
     crops = real_set(real / "hands_crops", model.classes, model.image_size)
 
     rows: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # title, images, labels
     signs_answers = predict(model, signs_images).argmax(1)
     crop_answers = predict(model, crops.images).argmax(1)
-    c = model.classes.index
+    class_index = model.classes.index
     for digit in ("4", "5"):
-        chosen = pick(torch.nonzero(test.labels == c(digit)).flatten().tolist(), args.per_row)
+        chosen = pick(torch.nonzero(test.labels == class_index(digit)).flatten().tolist(), args.per_row)
         rows.append((f'SIGNS test "{digit}"', signs_images[chosen], test.labels[chosen]))
-    groups = [('real "4" read as "5"', (crops.labels == c("4")) & (crop_answers == c("5"))),
-              ('real "4" read right', (crops.labels == c("4")) & (crop_answers == c("4"))),
-              ('real "1" read wrong', (crops.labels == c("1")) & (crop_answers != c("1"))),
-              ('real "1" read right', (crops.labels == c("1")) & (crop_answers == c("1")))]
+    groups = [('real "4" read as "5"', (crops.labels == class_index("4")) & (crop_answers == class_index("5"))),
+              ('real "4" read right', (crops.labels == class_index("4")) & (crop_answers == class_index("4"))),
+              ('real "1" read wrong', (crops.labels == class_index("1")) & (crop_answers != class_index("1"))),
+              ('real "1" read right', (crops.labels == class_index("1")) & (crop_answers == class_index("1")))]
     for title, mask in groups:
         chosen = pick(torch.nonzero(mask).flatten().tolist(), args.per_row)
         rows.append((title, crops.images[chosen], crops.labels[chosen]))
 
     # On SIGNS photos the hand's mask is known: how much of each map's weight falls on the hand.
     signs_answer_maps = grad_cam(model.network, signs_images, signs_answers, args.stage)
-    on_hand = ((signs_answer_maps * hand_mask(signs_images)[:, 0]).sum((1, 2))
-               / signs_answer_maps.sum((1, 2)).clamp(min=1e-8))
-    hand_area = hand_mask(signs_images).mean((1, 2, 3))
+    hands = hand_mask(signs_images)[:, 0]
+    lit = signs_answer_maps.sum((1, 2)) > 0  # an all-0 map says nothing about where
+    on_hand = (signs_answer_maps * hands).sum((1, 2))[lit] / signs_answer_maps.sum((1, 2))[lit]
+    hand_area = hands.mean((1, 2))
     print(f"SIGNS test photos: share of the answer's Grad-CAM weight on the hand (stage {args.stage}): "
           f"median {on_hand.median():.2f}, 10th percentile {on_hand.quantile(0.1):.2f} "
-          f"(the hand covers {hand_area.median():.2f} of a photo, median)")
+          f"(the hand covers {hand_area.median():.2f} of a photo, median; {int((~lit).sum())} maps all 0, left out)")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -104,7 +111,7 @@ def main() -> None:
     figure, axes = plt.subplots(len(rows), args.per_row, figsize=(1.3 * args.per_row, 1.55 * len(rows)),
                                 squeeze=False)
     for r, (title, images, labels) in enumerate(rows):
-        probabilities = predict(model, images) if len(images) else torch.empty(0, len(model.classes))
+        probabilities = predict(model, images)
         answers = probabilities.argmax(1)
         maps = grad_cam(model.network, images, answers, args.stage) if len(images) else images
         for k, axis in enumerate(axes[r]):
