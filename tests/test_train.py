@@ -206,4 +206,26 @@ def test_the_background_share_is_constant_or_falls_to_zero_by_the_last_step():
     assert [train.background_share(s, 100, constant) for s in (0, 50, 99)] == [0.6, 0.6, 0.6]
     assert [train.background_share(s, 100, linear) for s in (0, 50, 100)] == pytest.approx([0.6, 0.3, 0.0])
     with pytest.raises(ValueError, match="background_schedule must be one of constant, linear"):
-        train.background_share(0, 100, TrainConfig(background_schedule="cosine"))
+        train.check_config(TrainConfig(background_schedule="cosine"))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"epochs": 0}, "epochs must be at least 1, got 0"),
+    ({"batch_size": -1}, "batch_size must be at least 1"),
+    ({"learning_rate": float("nan")}, "learning_rate must be above 0, got nan"),
+    ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+    ({"camera_probability": 1.5}, r"camera_probability must be in \[0, 1\], got 1.5"),
+    ({"background_probability": -0.1}, "background_probability must be in"),
+    ({"temperature": 0.0}, "temperature must be above 0"),
+])
+def test_settings_out_of_range_are_refused_before_training(setting, message):
+    with pytest.raises(ValueError, match=message):
+        train.fit(TrainConfig(out="/nonexistent/never-written", **setting))
+    train.check_config(TrainConfig())  # the defaults are in range
+
+
+def test_the_cli_refuses_a_setting_out_of_range_in_one_line(tmp_path):
+    command = [sys.executable, "-m", "signs_resnet", "train", "--epochs", "0", "--out", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == "signs train: error: epochs must be at least 1, got 0"
+    assert not (tmp_path / "run").exists()

@@ -90,10 +90,7 @@ def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per
 
 
 def background_share(step: int, total_steps: int, config: TrainConfig) -> float:
-    """The share of this step's batch composited onto procedural backgrounds."""
-    if config.background_schedule not in BACKGROUND_SCHEDULES:
-        raise ValueError(f"background_schedule must be one of {', '.join(BACKGROUND_SCHEDULES)}, "
-                         f"got {config.background_schedule!r}")
+    """The share of this step's batch composited onto procedural backgrounds (the schedule checked by check_config)."""
     if config.background_schedule == "linear":
         return config.background_probability * (1 - step / total_steps)
     return config.background_probability
@@ -210,11 +207,33 @@ def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     artifact.atomic_write(path, buffer.getvalue().encode())
 
 
+def check_config(config: TrainConfig) -> None:
+    """A ValueError naming the first setting out of its range (a bad number would crash or train nothing)."""
+    ranges = [("epochs", config.epochs >= 1, "at least 1"),
+              ("batch_size", config.batch_size >= 1, "at least 1"),
+              ("learning_rate", config.learning_rate > 0, "above 0"),
+              ("weight_decay", config.weight_decay >= 0, "at least 0"),
+              ("warmup_epochs", config.warmup_epochs >= 0, "at least 0"),
+              ("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)"),
+              ("temperature", config.temperature > 0, "above 0"),
+              ("confidence_threshold", 0 <= config.confidence_threshold <= 1, "in [0, 1]"),
+              ("background_probability", 0 <= config.background_probability <= 1, "in [0, 1]"),
+              ("camera_probability", 0 <= config.camera_probability <= 1, "in [0, 1]"),
+              ("checkpoint_every_s", config.checkpoint_every_s >= 0, "at least 0")]
+    for name, within, wanted in ranges:  # written so that NaN fails every comparison
+        if not within:
+            raise ValueError(f"{name} must be {wanted}, got {getattr(config, name)!r}")
+    if config.background_schedule not in BACKGROUND_SCHEDULES:
+        raise ValueError(f"background_schedule must be one of {', '.join(BACKGROUND_SCHEDULES)}, "
+                         f"got {config.background_schedule!r}")
+
+
 def fit(config: TrainConfig) -> dict[str, Any]:
     """Train with `config`, write the model, metrics and plots into config.out; return the summary.
 
     Under torchrun every process calls fit(); rank 0 alone writes files and returns the full summary.
     """
+    check_config(config)
     context = distributed.Context.from_environment()
     device = distributed.start(context)
     try:
