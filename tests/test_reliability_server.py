@@ -291,6 +291,8 @@ def test_cors_allows_the_configured_origin_only(secured_server):
     ({"SIGNS_API_KEY": "two words"}, "api_key"),
     ({"SIGNS_API_KEY": "clé"}, "api_key"),
     ({"SIGNS_CORS_ORIGINS": "app.example"}, "cors_origins"),
+    ({"SIGNS_PORT": "99999"}, r"port must be in 0\.\.65535"),
+    ({"SIGNS_PORT": "-1"}, "port must be in"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(environ, message):
     from signs_resnet.serve import ServeSettings

@@ -73,6 +73,8 @@ class ServeSettings:
                      "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
         if not 0 <= self.grpc_port <= 65535 or (self.grpc_port and self.grpc_port == self.port):
             raise ValueError(f"grpc_port must be a port other than port {self.port} (or 0: no gRPC), "
                              f"got {self.grpc_port}")
