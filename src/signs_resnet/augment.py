@@ -94,7 +94,7 @@ def random_colour(images: torch.Tensor, config: AugmentConfig, generator: torch.
 # image is shrunk to a side of CAMERA_MIN_SIDE..64 pixels (in steps of 4) and brought back, blurred with a
 # Gaussian of sigma up to CAMERA_MAX_BLUR pixels and given sensor noise of up to CAMERA_MAX_NOISE. Screened
 # on the real sets: within run-to-run noise, so off by default (docs/robustness.md, "Fourth session: camera
-# look, cutout, mixup, mirror averaging, no-hand photos").
+# look, cutout, mixup, mirror averaging, no-hand photos, perspective, JPEG").
 CAMERA_MIN_SIDE, CAMERA_MAX_BLUR, CAMERA_MAX_NOISE = 20, 1.2, 0.04
 
 
