@@ -79,20 +79,21 @@ def main() -> None:
     signs_images = data.scale(test.images)
     crops = real_set(real / "hands_crops", model.classes, model.image_size)
 
-    rows: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # title, images, labels
-    signs_answers = predict(model, signs_images).argmax(1)
-    crop_answers = predict(model, crops.images).argmax(1)
+    rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # title, images, labels, probabilities
+    signs_probabilities = predict(model, signs_images)
+    crop_probabilities = predict(model, crops.images)
+    signs_answers, crop_answers = signs_probabilities.argmax(1), crop_probabilities.argmax(1)
     class_index = model.classes.index
     for digit in ("4", "5"):
         chosen = pick(torch.nonzero(test.labels == class_index(digit)).flatten().tolist(), args.per_row)
-        rows.append((f'SIGNS test "{digit}"', signs_images[chosen], test.labels[chosen]))
+        rows.append((f'SIGNS test "{digit}"', signs_images[chosen], test.labels[chosen], signs_probabilities[chosen]))
     groups = [('real "4" read as "5"', (crops.labels == class_index("4")) & (crop_answers == class_index("5"))),
               ('real "4" read right', (crops.labels == class_index("4")) & (crop_answers == class_index("4"))),
               ('real "1" read wrong', (crops.labels == class_index("1")) & (crop_answers != class_index("1"))),
               ('real "1" read right', (crops.labels == class_index("1")) & (crop_answers == class_index("1")))]
     for title, mask in groups:
         chosen = pick(torch.nonzero(mask).flatten().tolist(), args.per_row)
-        rows.append((title, crops.images[chosen], crops.labels[chosen]))
+        rows.append((title, crops.images[chosen], crops.labels[chosen], crop_probabilities[chosen]))
 
     # On SIGNS photos the hand's mask is known: how much of each map's weight falls on the hand.
     signs_answer_maps = grad_cam(model.network, signs_images, signs_answers, args.stage)
@@ -110,8 +111,7 @@ def main() -> None:
 
     figure, axes = plt.subplots(len(rows), args.per_row, figsize=(1.3 * args.per_row, 1.55 * len(rows)),
                                 squeeze=False)
-    for r, (title, images, labels) in enumerate(rows):
-        probabilities = predict(model, images)
+    for r, (title, images, labels, probabilities) in enumerate(rows):
         answers = probabilities.argmax(1)
         maps = grad_cam(model.network, images, answers, args.stage) if len(images) else images
         for k, axis in enumerate(axes[r]):
