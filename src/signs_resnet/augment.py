@@ -125,7 +125,8 @@ def random_camera(images: torch.Tensor, config: AugmentConfig, generator: torch.
     index = torch.nonzero(chosen).flatten()
     if len(index) == 0:
         return images
-    x = images[index.to(images.device)]
+    on_device = index.to(images.device)
+    x = images[on_device]
     for side in sides[index].unique().tolist():  # one resize per side below the photo's (at most 11 at 64 px)
         same = torch.nonzero(sides[index] == side).flatten().to(images.device)
         if side < height:
@@ -133,7 +134,7 @@ def random_camera(images: torch.Tensor, config: AugmentConfig, generator: torch.
                                     size=(height, width), mode="bilinear", align_corners=False)
     x = gaussian_blur(x, sigma[index]) + noise[index].to(x)
     out = images.clone()
-    out[index.to(images.device)] = x.clamp(0, 1)
+    out[on_device] = x.clamp(0, 1)
     return out
 
 
