@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="constant: that share all through; linear: falling to 0 by the last step "
                             "(default: %(default)s)")
     train.add_argument("--camera-probability", type=float, default=defaults.camera_probability,
-                       help="share of each batch made to look taken by a webcam: less resolution, blur, noise "
+                       help="share of each batch made to look as if taken by a webcam: less resolution, blur, noise "
                             "(docs/robustness.md) (default: %(default)g)")
     train.add_argument("--no-augment", dest="augment", action="store_false",
                        help="train on the photos as they are (default: augmented)")
