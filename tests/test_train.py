@@ -215,6 +215,7 @@ def test_the_background_share_is_constant_or_falls_to_zero_by_the_last_step():
     ({"learning_rate": float("nan")}, "learning_rate must be above 0, got nan"),
     ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
     ({"camera_probability": 1.5}, r"camera_probability must be in \[0, 1\], got 1.5"),
+    ({"skin_probability": -0.1}, r"skin_probability must be in \[0, 1\], got -0.1"),
     ({"background_probability": -0.1}, "background_probability must be in"),
     ({"temperature": 0.0}, "temperature must be above 0"),
 ])

@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--background-schedule", choices=BACKGROUND_SCHEDULES, default=defaults.background_schedule,
                        help="constant: that share all through; linear: falling to 0 by the last step "
                             "(default: %(default)s)")
+    train.add_argument("--skin-probability", type=float, default=defaults.skin_probability,
+                       help="share of those composited photos given skin-coloured shapes (a face, an arm) behind "
+                            "the hand (docs/robustness.md) (default: %(default)g)")
     train.add_argument("--camera-probability", type=float, default=defaults.camera_probability,
                        help="share of each batch made to look as if taken by a webcam: less resolution, blur, noise "
                             "(docs/robustness.md) (default: %(default)g)")
