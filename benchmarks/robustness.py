@@ -3,6 +3,7 @@
     python benchmarks/robustness.py --model runs/default/model.safetensors [--out DIR]
     python benchmarks/robustness.py --seeds 0 1 2 [--epochs N] [--hold-out-validation]
                                     [--set FIELD=VALUE ...] [--out DIR]
+    python benchmarks/robustness.py --augmented-grid docs/robustness_augmented.jpg
 
 For a model file, or for the default recipe (`signs train`, with any TrainConfig field changed by --set)
 trained once per seed, it measures on
@@ -22,6 +23,8 @@ training photos, so it is not printed). real/ is only measured, never used to ch
 
 --out DIR writes results.json, and for each model grids of real photos with its answers (right in green,
 wrong in red): DIR/<model>/<set>.png (a sample) and DIR/<model>/<set>_errors.png.
+--augmented-grid FILE draws training photos as they are (first row) and three draws of the default
+recipe's augmentation at its first step (its largest background share), seeded.
 """
 
 from __future__ import annotations
@@ -213,6 +216,25 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
     plt.close(figure)
 
 
+def augmented_grid(images: torch.Tensor, path: Path, columns: int = 10, draws: int = 3, scale: int = 96) -> None:
+    """`columns` evenly spaced photos of `images` (uint8 N x 3 x H x W) as they are, then `draws` rows of the
+    default recipe's augmentation at its first step, as one image file."""
+    from PIL import Image
+
+    recipe = TrainConfig()
+    config = AugmentConfig(background_probability=recipe.background_probability,
+                           skin_probability=recipe.skin_probability, camera_probability=recipe.camera_probability)
+    photos = data.scale(images[torch.linspace(0, len(images) - 1, columns).long()])
+    generator = torch.Generator().manual_seed(0)
+    rows = [photos] + [augment(photos, generator, config) for _ in range(draws)]
+    grid = torch.cat([torch.cat(list(row), 2) for row in rows], 1)  # 3 x (rows * H) x (columns * W)
+    pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    picture = Image.fromarray(pixels)
+    picture = picture.resize((picture.width * scale // images.shape[3], picture.height * scale // images.shape[2]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path, quality=90)
+
+
 # --- running ----------------------------------------------------------------------------------
 
 
@@ -257,7 +279,13 @@ def main() -> None:
     parser.add_argument("--data", help="SIGNS data (default: $SIGNS_DATA or ../shared/data/signs)")
     parser.add_argument("--real", type=Path, help="real photos (default: real/ beside the SIGNS data)")
     parser.add_argument("--out", type=Path, help="write results.json and the grids of answers here")
+    parser.add_argument("--augmented-grid", type=Path, metavar="FILE",
+                        help="draw training photos and their augmentation by the default recipe into FILE")
     args = parser.parse_args()
+    if args.augmented_grid:
+        augmented_grid(data.load_splits(args.data, hold_out_validation=False).train.images, args.augmented_grid)
+        if not args.model and not args.seeds:
+            return
     if not args.model and not args.seeds:
         parser.error("give --model FILE or --seeds N ...")
     real = args.real or data.default_data_path().parent / "real"

@@ -1,8 +1,9 @@
 """benchmarks/robustness.py's helpers on tiny synthetic inputs: the confidence threshold, the summary
-(accuracy, per class, ECE, confident coverage and accuracy), the table, the targets line and the grid."""
+(accuracy, per class, ECE, confident coverage and accuracy), the table, the targets line and the grids."""
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
@@ -67,3 +68,14 @@ def test_answer_grid_is_written(tmp_path):
     path = tmp_path / "grid" / "synthetic.png"
     robustness.plot_answers(photos, one_hot_ish([0, 1, 0, 0, 2], [0.9] * 5), CLASSES, path, columns=3, rows=2)
     assert path.stat().st_size > 1000
+
+
+def test_augmented_grid_shows_the_photos_then_their_augmentations(tmp_path):
+    from PIL import Image
+
+    images = torch.randint(0, 256, (30, 3, 64, 64), dtype=torch.uint8)
+    robustness.augmented_grid(images, tmp_path / "grid.png", columns=5, draws=2, scale=64)
+    pixels = torch.from_numpy(np.array(Image.open(tmp_path / "grid.png"))).permute(2, 0, 1)
+    assert pixels.shape == (3, 3 * 64, 5 * 64)
+    assert torch.equal(pixels[:, :64, :64], images[0]) and torch.equal(pixels[:, :64, -64:], images[-1])
+    assert (pixels[:, 64:].float() - pixels[:, :64].repeat(1, 2, 1).float()).abs().mean() > 10  # augmented
