@@ -3,6 +3,7 @@
     python benchmarks/robustness.py --model runs/default/model.safetensors [--out DIR]
     python benchmarks/robustness.py --seeds 0 1 2 [--epochs N] [--hold-out-validation]
                                     [--set FIELD=VALUE ...] [--out DIR]
+    python benchmarks/robustness.py --model runs/holdout/model.safetensors --framing 1.2 1.5 1.8
     python benchmarks/robustness.py --augmented-grid docs/robustness_augmented.jpg
 
 For a model file, or for the default recipe (`signs train`, with any TrainConfig field changed by --set)
@@ -11,10 +12,13 @@ trained once per seed, it measures on
   val_signs          when the model was trained with --hold-out-validation (its metadata says)
   real/hands_crops   webcam photos of hands by other people, each hand cut out (classes 1, 2, 4, 5)
   real/hands_frames  the whole webcam frames those hands are in
-Every file goes through data.prepare_image, the path `signs predict` and the server take; probabilities
-come from predict() (PyTorch fp32, the model's temperature), which the server's engines match to ~0.04.
+  val_signs x4       for a hold-out model: val_signs enlarged 4x, so the hand finder frames them
+Every file goes through data.prepare (the hand found and cut out), the path `signs predict` and the server
+take; probabilities come from predict() (PyTorch fp32, the model's temperature), which the server's engines
+match to ~0.04.
 
-Confident answers: the product's rule, the model's stored threshold (LoadedModel.is_confident). How a
+Confident answers: the product's rule (LoadedModel.is_confident): the hand was found (or not looked for,
+in 64x64 photos) and the top probability reaches the model's stored threshold. How a
 recipe's threshold is fixed, from SIGNS data alone (`confident_threshold`), is printed for hold-out runs:
 the val_signs photos, each composited onto procedural backgrounds and augmented like training photos (a
 seeded shift away from SIGNS' look, built from SIGNS only), are answered, and the threshold is the lowest
@@ -22,7 +26,8 @@ probability above which those answers are >= 95% right (for a model trained on a
 training photos, so it is not printed). real/ is only measured, never used to choose anything here.
 
 --out DIR writes results.json, and for each model grids of real photos with its answers (right in green,
-wrong in red): DIR/<model>/<set>.png (a sample) and DIR/<model>/<set>_errors.png.
+wrong in red, the hand's square in yellow): DIR/<model>/<set>.png (a sample) and DIR/<model>/<set>_errors.png.
+--framing F ... measures each --model at each framing of the hand (a square F times the hand's landmarks).
 --augmented-grid FILE draws training photos as they are (first row) and three draws of the default
 recipe's augmentation at its first step (its largest background share), seeded.
 """
@@ -41,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from signs_resnet import data, load_model, predict  # noqa: E402
+from signs_resnet import data, hands, load_model, predict  # noqa: E402
 from signs_resnet.augment import AugmentConfig, augment, composite_backgrounds  # noqa: E402
 from signs_resnet.evaluate import expected_calibration_error  # noqa: E402
 from signs_resnet.train import TrainConfig, fit  # noqa: E402
@@ -61,6 +66,14 @@ class PhotoSet:
     images: torch.Tensor  # float N x 3 x H x W in [0, 1], the model's input
     labels: torch.Tensor  # int64 N, indices into the model's classes
     files: list[Path] | None = None  # the photos' files, for the grids
+    # where the hand was looked for and found (data.Framing), one per photo; None: photos read as they are
+    framings: list[data.Framing] | None = None
+
+    def hands_found(self) -> torch.Tensor:
+        """Per photo, whether it may be confident: its hand was found, or not looked for (data.Framing)."""
+        if self.framings is None:
+            return torch.ones(len(self.labels), dtype=torch.bool)
+        return torch.tensor([framing.hand_found for framing in self.framings])
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -82,17 +95,20 @@ def confident_threshold(probabilities: torch.Tensor, labels: torch.Tensor,
 
 
 def summarise(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str],
-              threshold: float) -> dict:
-    """Accuracy, per-class accuracy (classes present only), ECE, and the confident answers' coverage and accuracy."""
+              threshold: float, hands_found: torch.Tensor | None = None) -> dict:
+    """Accuracy, per-class accuracy (classes present only), ECE, the share of photos whose hand was found, and
+    the confident answers' (the product's rule, LoadedModel.is_confident) coverage and accuracy."""
     top, predicted = probabilities.max(1)
     correct = predicted == labels
-    confident = top >= threshold
+    hands_found = torch.ones_like(correct) if hands_found is None else hands_found
+    confident = (top >= threshold) & hands_found
     per_class = {classes[c]: correct[labels == c].float().mean().item() for c in labels.unique().tolist()}
     return {
         "n": len(labels),
         "accuracy": correct.float().mean().item(),
         "per_class": per_class,
         "ece": expected_calibration_error(probabilities, labels),
+        "hands_found": hands_found.float().mean().item(),
         "threshold": threshold,
         "confident_coverage": confident.float().mean().item(),
         "confident_accuracy": correct[confident].float().mean().item() if confident.any() else None,
@@ -105,14 +121,14 @@ def _percent(value: float | None) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table, one row per (model, set) result with its `model`, `set` and optional `train_seconds`."""
-    lines = [("| model | set | photos | accuracy | per class | ECE | confident (p >= t) | covers | right |"
+    lines = [("| model | set | photos | accuracy | per class | ECE | hand found | confident (p >= t) | covers | right |"
               " train time (s) |"),
-             "| :--- | :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: |"]
+             "| :--- | :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         per_class = ", ".join(f"{c}: {a:.0%}" for c, a in row["per_class"].items())
         seconds = f"{row['train_seconds']:.0f}" if row.get("train_seconds") else ""
         lines.append(f"| {row['model']} | {row['set']} | {row['n']} | {row['accuracy']:.1%} | {per_class} | "
-                     f"{row['ece']:.3f} | {row['threshold']:.3f} | {_percent(row['confident_coverage'])} | "
+                     f"{row['ece']:.3f} | {_percent(row.get('hands_found'))} | {row['threshold']:.3f} | {_percent(row['confident_coverage'])} | "
                      f"{_percent(row['confident_accuracy'])} | {seconds} |")
     return "\n".join(lines)
 
@@ -152,14 +168,31 @@ def targets_line(rows: list[dict]) -> str:
 
 
 def real_set(folder: Path, classes: list[str], size: int) -> PhotoSet:
-    """A real/ folder (class/*.jpg), each file through the product's preprocessing; folder names are class labels."""
+    """A real/ folder (class/*.jpg), each file through the product's preprocessing (data.prepare: the hand
+    found and cut out, as `signs predict` and the server do); folder names are class labels."""
     files = sorted(f for f in folder.glob("*/*") if f.suffix.lower() in data.IMAGE_SUFFIXES)
     unknown = {f.parent.name for f in files} - set(classes)
     if unknown:
         raise ValueError(f"{folder}: classes {sorted(unknown)} are not the model's {classes}")
-    images = torch.stack([data.prepare_image(f, size) for f in files])
+    prepared = [data.prepare(f, size) for f in files]
     labels = torch.tensor([classes.index(f.parent.name) for f in files])
-    return PhotoSet(folder.name, images, labels, files)
+    return PhotoSet(folder.name, torch.stack([image for image, _ in prepared]), labels, files,
+                    [framing for _, framing in prepared])
+
+
+def enlarged_set(val: data.Dataset, factor: int = 4) -> PhotoSet:
+    """val_signs photos enlarged `factor` times (bicubic), then through the product's preprocessing: SIGNS
+    photos as a camera at a higher resolution would give them, so the hand finder frames them. How a framing
+    treats SIGNS' own framing, measured on SIGNS data (for a hold-out model, whose val_signs are unseen)."""
+    from PIL import Image
+
+    prepared = []
+    for image in val.images:
+        photo = Image.fromarray(image.permute(1, 2, 0).numpy())
+        prepared.append(data.prepare(photo.resize((photo.width * factor, photo.height * factor),
+                                                  Image.Resampling.BICUBIC), val.images.shape[2]))
+    return PhotoSet(f"val_signs x{factor}", torch.stack([image for image, _ in prepared]), val.labels, None,
+                    [framing for _, framing in prepared])
 
 
 def held_out(model) -> bool:
@@ -189,8 +222,9 @@ def shifted_reference(val: data.Dataset, copies: int = REFERENCE_COPIES) -> Phot
 
 def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[str], path: Path,
                  which: torch.Tensor | None = None, columns: int = 10, rows: int = 6) -> None:
-    """A grid of photos (the files as they are) titled with the model's answer and its probability:
-    green when right, red when wrong. `which` picks the photos (default: an even sample of all)."""
+    """A grid of photos (the files as they are, with the square the model read where the hand finder cut
+    one) titled with the model's answer and its probability: green when right, red when wrong; "no hand"
+    when the finder found none. `which` picks the photos (default: an even sample of all)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,8 +242,13 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
         image = Image.open(photos.files[i]).convert("RGB") if photos.files else photos.images[i].permute(1, 2, 0).numpy()
         axis.imshow(image)
         right = predicted[i] == photos.labels[i]
-        axis.set_title(f"{classes[photos.labels[i]]} -> {classes[predicted[i]]} {top[i]:.0%}", fontsize=7,
-                       color="green" if right else "red")
+        framing = photos.framings[i] if photos.framings else data.Framing()
+        if framing.crop:
+            left, top_edge, right_edge, bottom = framing.crop
+            axis.add_patch(plt.Rectangle((left, top_edge), right_edge - left, bottom - top_edge, fill=False,
+                                         edgecolor="yellow", linewidth=1))
+        axis.set_title(f"{classes[photos.labels[i]]} -> {classes[predicted[i]]} {top[i]:.0%}"
+                       f"{'' if framing.hand_found else ' no hand'}", fontsize=7, color="green" if right else "red")
     figure.suptitle(f"{photos.name}: true -> answer (probability)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
@@ -241,6 +280,8 @@ def augmented_grid(images: torch.Tensor, path: Path, columns: int = 10, draws: i
 def measure(model_path: str, data_path: str | None, real: Path, out: Path | None, name: str) -> list[dict]:
     model = load_model(model_path)
     sets, val = signs_sets(model, data_path)
+    if held_out(model):
+        sets.append(enlarged_set(val))
     sets += [real_set(real / s, model.classes, model.image_size) for s in REAL_SETS]
     if held_out(model):
         reference = shifted_reference(val)
@@ -251,8 +292,8 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
     rows = []
     for photos in sets:
         probabilities = predict(model, photos.images)
-        rows.append({"model": name, "set": photos.name, "path": model_path}
-                    | summarise(probabilities, photos.labels, model.classes, threshold))
+        rows.append({"model": name, "set": photos.name, "path": model_path, "framing": hands.FRAMING}
+                    | summarise(probabilities, photos.labels, model.classes, threshold, photos.hands_found()))
         if out and photos.files:
             plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}.png")
             wrong = torch.nonzero(probabilities.argmax(1) != photos.labels).flatten()
@@ -279,6 +320,9 @@ def main() -> None:
     parser.add_argument("--data", help="SIGNS data (default: $SIGNS_DATA or ../shared/data/signs)")
     parser.add_argument("--real", type=Path, help="real photos (default: real/ beside the SIGNS data)")
     parser.add_argument("--out", type=Path, help="write results.json and the grids of answers here")
+    parser.add_argument("--framing", type=float, nargs="+",
+                        help="measure each model with each of these hand framings (hands.FRAMING) instead of the "
+                             "product's")
     parser.add_argument("--augmented-grid", type=Path, metavar="FILE",
                         help="draw training photos and their augmentation by the default recipe into FILE")
     args = parser.parse_args()
@@ -291,7 +335,10 @@ def main() -> None:
     real = args.real or data.default_data_path().parent / "real"
     rows = []
     for path in args.model or []:
-        rows += measure(path, args.data, real, args.out, Path(path).parent.name)
+        for framing in args.framing or [hands.FRAMING]:
+            hands.FRAMING = framing
+            name = Path(path).parent.name + (f" framing {framing}" if args.framing else "")
+            rows += measure(path, args.data, real, args.out, name)
     with tempfile.TemporaryDirectory() as scratch:
         runs = args.out or Path(scratch)
         for seed in args.seeds or []:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, ROOT, free_port, random_images, save_jpeg
+from conftest import API_KEY, ROOT, SHARED, free_port, random_images, save_jpeg
 
 from signs_resnet import data
 from signs_resnet.cli import build_parser
@@ -55,12 +55,18 @@ def test_predict_reads_folders_recursively_through_symlinks_and_reports_a_bad_fi
 
 @pytest.mark.slow
 def test_predict_answers_as_the_server_does(model_file, server, photos):
-    files = sorted((photos / "a" / "b").glob("*.jpg"))
+    """SIGNS photos and whole webcam frames (the hand found and cut out by the same function): the same
+    answer, hand and confidence from `signs predict` and POST /predict."""
+    frames = [sorted((SHARED / "real" / "hands_frames" / c).glob("*.jpg"))[:1] for c in "25"]
+    files = sorted((photos / "a" / "b").glob("*.jpg")) + [f for found in frames for f in found]
     local = json.loads(signs("predict", "--model", model_file, "--json", *files).stdout)
+    assert len(local) == len(files) and any(answer["hand"] for answer in local) == any(frames)
     with server.client() as client:
         for answer, file in zip(local, files):
             remote = client.post("/predict", files={"image": (file.name, file.read_bytes())}).json()
             assert answer["label"] == remote["results"][0]["label"]
+            assert answer["hand"] == remote["results"][0]["hand"]
+            assert answer["confident"] == remote["results"][0]["confident"]
             probabilities = {p["label"]: p["probability"] for p in remote["predictions"]}
             assert answer["probabilities"] == pytest.approx(probabilities, abs=1e-4)
 

@@ -1,5 +1,6 @@
-"""Every answer says whether it is confident, by the model's threshold (fixed on SIGNS data): the API, the Open
-Inference Protocol, the CLI and the web page; an image with no hand at all is answered, not confident."""
+"""Every answer says whether it is confident: a hand was found (or not looked for, in a 64x64 photo) and the top
+probability reaches the model's threshold (fixed on SIGNS data). The API, the Open Inference Protocol, the CLI
+and the web page; an image with no hand at all is answered, not confident, and says no hand was found."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, SHARED
 from signs_resnet.predict import DEFAULT_CONFIDENCE_THRESHOLD, load_model
 
 
@@ -24,6 +25,7 @@ def png(array: np.ndarray) -> bytes:
 
 
 NO_HAND = png(np.full((120, 160, 3), 128, dtype=np.uint8))  # a grey wall
+NO_HAND_ANSWER = {"found": False, "score": None, "crop": None}
 
 
 def test_the_threshold_travels_with_the_model(model_file):
@@ -38,11 +40,13 @@ def test_predict_answers_say_whether_they_are_confident(client, sample_jpg, mode
     body = client.post("/predict", files=[("image", ("sample.jpg", sample_jpg.read_bytes())),
                                           ("image", ("wall.png", NO_HAND))]).json()
     for result in body["results"]:
-        assert result["confident"] is (result["probability"] >= threshold)
-    wall = body["results"][1]
+        assert result["confident"] is (result["probability"] >= threshold and result["hand"]["found"])
+    sample, wall = body["results"]
+    assert sample["hand"]["found"] is True and sample["hand"]["score"] > 0.5
     assert wall["label"] in [str(c) for c in range(6)] and wall["confident"] is False
+    assert wall["hand"] == NO_HAND_ANSWER
     documented = client.get("/openapi.json").json()["components"]["schemas"]["ImageResult"]
-    assert "confident" in documented["properties"] and "confident" in documented["required"]
+    assert {"confident", "hand"} <= set(documented["properties"]) and "confident" in documented["required"]
 
 
 def test_v2_answers_carry_a_confident_output(client):
@@ -65,8 +69,8 @@ def test_the_cli_says_whether_each_answer_is_confident(model_file, tmp_path):
     run = lambda *args: subprocess.run([*command, *args], capture_output=True, text=True, cwd=ROOT,  # noqa: E731
                                        timeout=120, check=False)
     [answer] = json.loads(run("--json", tmp_path / "wall.png").stdout)
-    assert answer["confident"] is False
-    assert run(tmp_path / "wall.png").stdout.strip().endswith(", not confident)")
+    assert answer["confident"] is False and answer["hand"] == NO_HAND_ANSWER
+    assert run(tmp_path / "wall.png").stdout.strip().endswith(", not confident, no hand found)")
     header, row = run("--csv", tmp_path / "wall.png").stdout.splitlines()
     assert header.split(",")[3] == "confident" and row.split(",")[3] == "no"
 
@@ -88,4 +92,12 @@ def test_the_web_page_says_when_it_is_not_confident(server, tmp_path):
         page.wait_for_selector("#result.shown", timeout=30_000)
         assert page.is_visible("#unsure") and "Not confident" in page.inner_text("#unsure")
         assert not page.inner_text("#confidence").endswith("sure")
+        assert page.is_visible("#no-hand") and "No hand found" in page.inner_text("#no-hand")
+        frames = sorted((SHARED / "real" / "hands_frames" / "5").glob("*.jpg"))
+        if frames:  # a webcam frame: the hand found, and the square cut around it is what the model saw
+            page.evaluate("document.getElementById('result').classList.remove('shown')")
+            page.set_input_files("#file", str(frames[0]))
+            page.wait_for_selector("#result.shown", timeout=30_000)
+            assert not page.is_visible("#no-hand")
+            assert "cut out" in page.inner_text("#model-input-caption")
         browser.close()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import start_server
+from conftest import SHARED, start_server
 from signs_resnet import data, serve
 from signs_resnet.engines import load_engine
 from signs_resnet.predict import load_model, predict
@@ -111,6 +111,26 @@ def test_api_preprocessing_is_training_preprocessing(client, sample_jpg, signs_j
     assert_same_probabilities(body["predictions"], local_model.probabilities_of(blob), local_model.classes)
     as_trained = predict(local_model.fp32, data.prepare_image(blob).unsqueeze(0))[0]
     assert_same_probabilities(body["predictions"], as_trained, local_model.classes, BF16_TOLERANCE)
+
+
+def test_a_webcam_frame_is_read_at_its_hand(client, local_model):
+    """A whole webcam frame: the answer says where the hand was found, and the image the model saw is that
+    square of the frame (include_image, what the web page shows), not the whole frame."""
+    frames = sorted((SHARED / "real" / "hands_frames" / "2").glob("*.jpg"))
+    if not frames:
+        pytest.skip("no real/hands_frames photos")
+    blob = frames[0].read_bytes()
+    body = post_images(client, ("frame.jpg", blob), params={"include_image": "true"}).json()
+    result = body["results"][0]
+    hand = result["hand"]
+    assert hand["found"] is True and 0.5 < hand["score"] <= 1
+    left, top, right, bottom = hand["crop"]
+    assert right - left == bottom - top and right - left < 0.8 * max(Image.open(io.BytesIO(blob)).size)
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["image"].split(",", 1)[1]))))
+    assert np.array_equal(seen, data.load_rgb(blob))
+    whole = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB").resize((64, 48)))
+    assert np.abs(seen[8:56].astype(int) - whole.astype(int)).mean() > 20  # not the frame, resized
+    assert_same_probabilities(body["predictions"], local_model.probabilities_of(blob), local_model.classes)
 
 
 @pytest.mark.parametrize("flag, included", [("True", True), ("y", True), ("1", True), ("on", True),

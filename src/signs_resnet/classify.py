@@ -2,7 +2,8 @@
 recursively), decode them in parallel threads, and run them in batches through an engine (the server's
 own, engines.py), so that a folder of photos takes seconds, not one forward pass per photo.
 
-Every file goes through the one preprocessing path (data.prepare_image), so the answers are the server's.
+Every file goes through the one preprocessing path (data.prepare: the hand found and cut out), so the answers
+are the server's.
 A file that cannot be read is a result with an "error" and does not stop the others.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .data import image_files, prepare_image
+from .data import Framing, image_files, prepare
 from .engines import Engine
 
 
@@ -46,7 +47,7 @@ def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_si
     threads = decode_threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
         def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, str | None, Future | None]]:
-            return [(path, error, None if error else pool.submit(prepare_image, path, image_size))
+            return [(path, error, None if error else pool.submit(prepare, path, image_size))
                     for path, error in batch]
 
         pending = deque(submit(batch) for batch in batches[:2])
@@ -60,27 +61,33 @@ def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_si
 def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | None]]) -> Iterator[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     images: list[torch.Tensor] = []
+    framings: list[Framing] = []
     for path, error, future in batch:
         if future is not None:
             try:
-                images.append(future.result())
+                image, framing = future.result()
+                images.append(image)
+                framings.append(framing)
             except (ValueError, OSError) as failure:  # ImageError is a ValueError
                 error = str(failure)
         results.append({"path": path, "error": error} if error else {"path": path})
     if images:
         with torch.inference_mode():
             probabilities = engine.run(torch.stack(images)).tolist()
-        rows = iter(probabilities)
+        answered = iter(zip(probabilities, framings))
         for result in results:
             if "error" not in result:
-                row = next(rows)
-                result |= answer(row, engine.model.classes, engine.model.is_confident(row))
+                row, framing = next(answered)
+                result |= answer(row, engine.model.classes, engine.model.is_confident(row, framing.hand_found),
+                                 framing.answer())
     yield from results
 
 
-def answer(probabilities: list[float], classes: list[str], confident: bool) -> dict[str, Any]:
-    """One image's answer from its class probabilities and whether it is confident (by the model's threshold):
-    the label, its probability, the confidence, and every class's probability."""
+def answer(probabilities: list[float], classes: list[str], confident: bool,
+           hand: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One image's answer from its class probabilities, whether it is confident (LoadedModel.is_confident)
+    and where its hand was found (data.Framing.answer): the label, its probability, the confidence, the
+    hand, and every class's probability."""
     best = max(range(len(classes)), key=probabilities.__getitem__)
     return {"label": classes[best], "probability": round(probabilities[best], 6), "confident": confident,
-            "probabilities": {name: round(p, 6) for name, p in zip(classes, probabilities)}}
+            "hand": hand, "probabilities": {name: round(p, 6) for name, p in zip(classes, probabilities)}}

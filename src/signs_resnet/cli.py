@@ -127,7 +127,8 @@ def format_results(results: list[dict], classes: list[str], style: str) -> str:
                              *(probabilities.get(name, "") for name in classes), result.get("error", "")])
         return buffer.getvalue()
     return "".join(f"{r['path']}: error: {r['error'].removeprefix(r['path'] + ': ')}\n" if "error" in r else
-                   f"{r['path']}: {r['label']} ({r['probability']:.1%}{'' if r['confident'] else ', not confident'})\n"
+                   f"{r['path']}: {r['label']} ({r['probability']:.1%}{'' if r['confident'] else ', not confident'}"
+                   f"{', no hand found' if r.get('hand') and not r['hand']['found'] else ''})\n"
                    for r in results)
 
 

@@ -1,8 +1,9 @@
 """SIGNS data: the original HDF5 files or folders of images, and the one preprocessing path.
 
 Every image the model sees, in training, evaluation, prediction and the API, goes through
-`load_rgb` (decode, orient, convert, frame, resize to uint8) and `scale` (uint8 -> float in [0, 1],
-the original's /255). `prepare_image` is the two together for a single image.
+`frame` (decode, orient, convert, cut to the hand, pad to square, resize to uint8) and `scale` (uint8 ->
+float in [0, 1], the original's /255). `prepare` is the two together for a single image, with where the
+network looked (`Framing`); `prepare_image` is its image alone.
 """
 
 from __future__ import annotations
@@ -12,18 +13,23 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .hands import FRAMING, find_hand
+
 IMAGE_SIZE = 64
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Refuse images over this many pixels before decoding them (a decompression bomb otherwise).
 MAX_PIXELS = 50_000_000
+# A hand square this large, against the photo's longer side, keeps the photo whole: it is framed already.
+KEEP_WHOLE = 0.8
 PREPROCESSING = {
+    "hand": f"photos larger than the input: cut to a square {FRAMING}x the hand's landmarks (hands.py)",
     "resize": "pad to square with the median border colour, then Lanczos to the input size",
     "scale": "x / 255",
     "layout": "NCHW float32 RGB",
@@ -111,32 +117,97 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _border_colour(image: Image.Image) -> tuple[int, ...]:
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return tuple(int(c) for c in np.median(border, axis=0))
+
+
 def _pad_to_square(image: Image.Image) -> Image.Image:
     width, height = image.size
     if width == height:
         return image
-    pixels = np.asarray(image)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    colour = tuple(int(c) for c in np.median(border, axis=0))
     side = max(width, height)
-    return ImageOps.pad(image, (side, side), color=colour, centering=(0.5, 0.5))
+    return ImageOps.pad(image, (side, side), color=_border_colour(image), centering=(0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Where the network looked in a photo. `searched`: the photo was larger than the network's input, so
+    the hand was looked for (photos at the input size or smaller, such as SIGNS', are read as they are);
+    `score`: the hand finder's certainty, None when it found no hand; `crop`: the square the network read
+    (left, top, right, bottom in the photo's pixels after EXIF orientation; it may reach past the edges,
+    which are filled with the border colour), None when it read the whole photo."""
+
+    searched: bool = False
+    score: float | None = None
+    crop: tuple[int, int, int, int] | None = None
+
+    @property
+    def hand_found(self) -> bool:
+        """False only when the hand was looked for and not found: such an answer is never confident."""
+        return not self.searched or self.score is not None
+
+    def answer(self) -> dict[str, Any] | None:
+        """As answers carry it (schemas.HandFound): found, score, crop; None when no hand was looked for."""
+        if not self.searched:
+            return None
+        return {"found": self.score is not None, "score": None if self.score is None else round(self.score, 4),
+                "crop": None if self.crop is None else list(self.crop)}
+
+
+def _crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """The box of the photo, the part past its edges filled with its median border colour."""
+    left, top, right, bottom = box
+    canvas = Image.new("RGB", (right - left, bottom - top), _border_colour(image))
+    inside = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
+    canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
+    return canvas
+
+
+def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image, Framing]:
+    """An oriented RGB photo cut to the square around its hand (hands.py), or left whole when it is no larger
+    than `size`, has no hand, or the square would cover most of it anyway."""
+    if max(image.size) <= size:
+        return image, Framing()
+    hand = find_hand(image)
+    if hand is None:
+        return image, Framing(searched=True)
+    box = hand.square()
+    if box[2] - box[0] >= KEEP_WHOLE * max(image.size):
+        return image, Framing(True, hand.score)
+    return _crop(image, box), Framing(True, hand.score, box)
+
+
+def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+          max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Framing]:
+    """Decode, apply EXIF orientation, convert to RGB, cut to the hand, pad to square, resize:
+    uint8 size x size x 3, and where the network looked."""
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
+    try:
+        full_size = max(image.size)
+        if image.format == "JPEG":
+            # Decode big JPEGs at a reduced scale (much faster), keeping enough pixels for a hand that is a
+            # small part of the photo.
+            image.draft("RGB", (size * 8, size * 8))
+        reduction = full_size / max(image.size)
+        image = _to_rgb(ImageOps.exif_transpose(image))
+        image, framing = frame_hand(image, size)
+        if framing.crop is not None and reduction != 1:
+            framing = Framing(True, framing.score, tuple(round(v * reduction) for v in framing.crop))
+        image = _pad_to_square(image)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        return np.array(image, dtype=np.uint8), framing
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{name}: cannot decode image ({error})", "corrupt_image") from None
 
 
 def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
              max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode, apply EXIF orientation, convert to RGB, pad to square, resize: uint8 size x size x 3."""
-    name = str(source) if isinstance(source, (str, Path)) else "image"
-    image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
-    try:
-        if image.format == "JPEG":
-            image.draft("RGB", (size * 4, size * 4))  # decode big JPEGs at a reduced scale: much faster
-        image = ImageOps.exif_transpose(image)
-        image = _pad_to_square(_to_rgb(image))
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.LANCZOS)
-        return np.array(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{name}: cannot decode image ({error})", "corrupt_image") from None
+    """`frame`'s pixels alone: uint8 size x size x 3."""
+    return frame(source, size, max_pixels)[0]
 
 
 def scale(images: torch.Tensor) -> torch.Tensor:
@@ -146,10 +217,17 @@ def scale(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
+def prepare(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+            max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, Framing]:
+    """One image to the model's input, float32 3 x size x size in [0, 1], and where the network looked."""
+    pixels, framing = frame(source, size, max_pixels)
+    return scale(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0))[0], framing
+
+
 def prepare_image(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
                   max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """One image, any format or mode, to the model's input: float32 3 x size x size in [0, 1]."""
-    return scale(torch.from_numpy(load_rgb(source, size, max_pixels)).permute(2, 0, 1).unsqueeze(0))[0]
+    return prepare(source, size, max_pixels)[0]
 
 
 # --- loading ----------------------------------------------------------------------------------

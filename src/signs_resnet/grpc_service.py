@@ -121,14 +121,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         count = min(tensors.claimed_images(shapes), runtime.settings.max_images)
 
         def prepare():
-            return tensors.images_of(_inputs_of(request), engine, runtime.settings), None
+            return tensors.images_of(_inputs_of(request), engine, runtime.settings)
 
         try:
-            _, result, _ = await asyncio.wait_for(runtime.classify(prepare, count), runtime.settings.request_timeout_s)
+            hands, result, _ = await asyncio.wait_for(runtime.classify(prepare, count), runtime.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(503, "timeout", f"no answer within {runtime.settings.request_timeout_s:g} s: the server "
                                            "is busy; retry shortly") from None
-        outputs = tensors.output_tensors(result.probabilities, engine.model, requested)
+        outputs = tensors.output_tensors(result.probabilities, engine.model, requested, hands)
         return pb.ModelInferResponse(
             model_name=request.model_name, model_version=engine.model.checksum[:12], id=request.id,
             outputs=[pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)

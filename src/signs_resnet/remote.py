@@ -49,7 +49,7 @@ class RemoteModel:
         response = self._post(files)
         if response.status_code == 200:
             return [{"path": path} | answer([p["probability"] for p in _in_class_order(result, self.classes)],
-                                            self.classes, result["confident"])
+                                            self.classes, result["confident"], result.get("hand"))
                     for (path, _), result in zip(files, response.json()["results"])]
         error = _error_of(response)
         failed = IMAGE_ERROR.match(error["message"])

@@ -20,6 +20,7 @@ from fastapi import Depends, Request
 
 from .batching import Batcher, BatchResult
 from .engines import Engine, load_engine, warm_up
+from .hands import finder
 from .errors import ApiError
 from .metrics import Metrics
 from .predict import load_model as load_model_file
@@ -36,11 +37,13 @@ INLINE_DECODE_MAX_PIXELS = 128 * 128
 
 
 def load_model(settings: ServeSettings) -> Engine:
-    """Read and verify the model file once, at start-up, and make it ready on the configured engine.
-    Raises FileNotFoundError or ValueError naming the file when it is not a usable model."""
+    """Read and verify the model file once, at start-up, and make it ready on the configured engine, with
+    the hand finder that framing a photo needs. Raises FileNotFoundError or ValueError naming the file when
+    it is not a usable model."""
     started = time.perf_counter()
     model = load_model_file(settings.model)
     engine = load_engine(model, settings.engine, settings.threads, settings.max_batch_size)
+    finder()
     log.info("loaded %s (sha256 %s, engine %s) in %.1f s", settings.model, model.checksum[:12], engine.describe(),
              time.perf_counter() - started)
     return engine

@@ -10,14 +10,25 @@ class Prediction(BaseModel):
     probability: float
 
 
+class HandFound(BaseModel):
+    found: bool = Field(description="whether the hand finder found a hand; when it did not, the whole photo was read "
+                                    "and the answer is not confident")
+    score: float | None = Field(None, description="the hand finder's certainty, 0 to 1")
+    crop: list[int] | None = Field(None, description="the square the model read: left, top, right, bottom in the "
+                                                     "photo's pixels (after EXIF orientation); null: the whole photo")
+
+
 class ImageResult(BaseModel):
     filename: str | None = None
     label: str = Field(description="the most probable class")
     probability: float
-    confident: bool = Field(description="whether `probability` reaches the model's confidence threshold, fixed on "
-                                        "SIGNS data; an answer that is not confident is often wrong")
+    confident: bool = Field(description="whether a hand was found and `probability` reaches the model's confidence "
+                                        "threshold, fixed on SIGNS data; an answer that is not confident is often wrong")
+    hand: HandFound | None = Field(description="where the hand was found; null for a photo no larger than the model's "
+                                               "input (64x64), which is read as it is")
     predictions: list[Prediction] = Field(description="every class, most probable first")
-    image: str | None = Field(None, description="with ?include_image=true: the 64x64 model input as a PNG data URL")
+    image: str | None = Field(None, description="with ?include_image=true: the 64x64 model input (the hand's square) as a PNG "
+                                         "data URL")
 
 
 class ModelInfo(BaseModel):

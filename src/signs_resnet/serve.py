@@ -1,11 +1,11 @@
 """The HTTP API: the original /predict, done right; the FastAPI app and its routes.
 
 The original's three parts are all here: `load_model` (once, at start-up; runtime.py), `prepare_image`
-(the very function training uses, from data.py) and `predict` (the batched forward pass; batching.py).
-A request flows:
+(the very function training uses, from data.py; `prepare` is it with where the hand was found) and
+`predict` (the batched forward pass; batching.py). A request flows:
 
-    upload -> prepare_image (decoding thread) -> Batcher queue -> predict on a batch (inference thread)
-           -> probabilities, sorted, as JSON
+    upload -> prepare: the hand found and cut out (decoding thread) -> Batcher queue
+           -> predict on a batch (inference thread) -> probabilities, sorted, as JSON
 
 The event loop only parses HTTP and moves bytes. What is refused before any work is done (oversized
 headers and bodies, slow requests, a missing API key) is in guards.py; every refusal is a JSON error
@@ -40,7 +40,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from . import __version__, kserve
 from .batching import predict
-from .data import ImageError, open_image, prepare_image
+from .data import Framing, ImageError, open_image, prepare, prepare_image
 from .engines import Engine
 from .errors import HTTP_CODES, ApiError, decode_error, error_response
 from .guards import LimitBody, RequestTimeout, api_key_check, bearer_token, check_api_key
@@ -134,24 +134,27 @@ async def predict_route(request: Request) -> JSONResponse:
         except ImageError as error:
             raise decode_error(index, name, error) from None
 
-    def prepare() -> tuple[torch.Tensor, list[str] | None]:
-        images = []
+    def prepare_all() -> tuple[torch.Tensor, tuple[list[Framing], list[str] | None]]:
+        images, framings = [], []
         for index, ((name, _), image) in enumerate(zip(uploads, opened)):
             try:
-                images.append(prepare_image(image, engine.model.image_size, settings.max_pixels))
+                prepared, framing = prepare(image, engine.model.image_size, settings.max_pixels)
             except ImageError as error:
                 raise decode_error(index, name, error) from None
-        return torch.stack(images), [_png_data_url(image) for image in images] if include_image else None
+            images.append(prepared)
+            framings.append(framing)
+        return torch.stack(images), (framings, [_png_data_url(image) for image in images] if include_image else None)
 
     inline = sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS
-    pngs, result, decode_seconds = await runtime.classify(prepare, len(uploads), inline)
+    (framings, pngs), result, decode_seconds = await runtime.classify(prepare_all, len(uploads), inline)
     results = []
     for index, (name, _) in enumerate(uploads):
         predictions = _sorted_predictions(result.probabilities[index], engine.model.classes)
         results.append({"filename": name, "label": predictions[0]["label"],
                         "probability": predictions[0]["probability"],
-                        "confident": engine.model.is_confident(result.probabilities[index]),
-                        "predictions": predictions})
+                        "confident": engine.model.is_confident(result.probabilities[index],
+                                                                framings[index].hand_found),
+                        "hand": framings[index].answer(), "predictions": predictions})
         if pngs:
             results[-1]["image"] = pngs[index]
     body: dict[str, Any] = {"success": True}

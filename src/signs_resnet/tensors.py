@@ -4,9 +4,9 @@ kserve.py (REST: JSON, and the binary tensor data extension) and grpc_service.py
 carriers into `InputTensor`s and hand them here, so each check is made once, with one message.
 
     "input" FP32 [N, 3, 64, 64]: images already prepared (data.prepare_image: RGB scaled to [0, 1])
-    "image" BYTES [N]: image files (JPEG, PNG, ...), prepared here exactly as /predict does
- -> "probabilities" FP32 [N, classes], "label" BYTES [N] and "confident" BOOL [N] (the top probability
-    reaches the model's confidence threshold, docs/accuracy.md, "Confidence")
+    "image" BYTES [N]: image files (JPEG, PNG, ...), prepared here exactly as /predict does (the hand found)
+ -> "probabilities" FP32 [N, classes], "label" BYTES [N] and "confident" BOOL [N] (a hand was found and the
+    top probability reaches the model's confidence threshold, docs/accuracy.md, "Confidence")
 
 A tensor's data comes as the carrier has it: a list (JSON `data`: numbers, or base64 strings for BYTES;
 gRPC `contents`: numbers, or bytes), or in binary form (REST's binary extension, gRPC's
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import ImageError, prepare_image
+from .data import ImageError, prepare
 from .engines import Engine
 from .errors import ApiError, decode_error
 from .predict import LoadedModel
@@ -81,8 +81,10 @@ def check_outputs(requested: Sequence[str]) -> None:
         raise ApiError(400, "unknown_output", f"unknown outputs {unknown}; outputs: {', '.join(OUTPUTS)}")
 
 
-def images_of(inputs: Sequence[InputTensor], engine: Engine, settings: ServeSettings) -> torch.Tensor:
-    """The request's one input as prepared images N x 3 x H x W; ApiError 400 (413 past max_images or
+def images_of(inputs: Sequence[InputTensor], engine: Engine,
+              settings: ServeSettings) -> tuple[torch.Tensor, list[bool]]:
+    """The request's one input as prepared images N x 3 x H x W, and for each whether a hand was found
+    (data.Framing.hand_found; FP32 images were framed by the client, so True); ApiError 400 (413 past max_images or
     max_pixels) when it is not one the model takes. Counts are checked before any data is decoded."""
     if len(inputs) != 1:
         raise ApiError(400, "invalid_request", "send exactly one input: 'input' (FP32) or 'image' (BYTES)")
@@ -100,7 +102,7 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine, settings: ServeSett
                                                  f"got {values.size}")
         if not np.isfinite(values).all():
             raise ApiError(400, "invalid_data", "FP32 data must be finite numbers")
-        return torch.from_numpy(values.reshape(tensor.shape).copy())
+        return torch.from_numpy(values.reshape(tensor.shape).copy()), [True] * tensor.shape[0]
     if tensor.datatype == "BYTES":
         if not tensor.shape or min(tensor.shape) < 1:
             raise ApiError(400, "invalid_shape", f"BYTES input must have a shape of positive sizes, got {tensor.shape}")
@@ -109,20 +111,24 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine, settings: ServeSett
         files = _byte_elements(tensor)
         if len(files) != count or not files:
             raise ApiError(400, "invalid_shape", f"shape {tensor.shape} does not match {len(files)} images")
-        images = []
+        images, hands = [], []
         for index, blob in enumerate(files):
             try:
-                images.append(prepare_image(blob, height, settings.max_pixels))
+                image, framing = prepare(blob, height, settings.max_pixels)
             except ImageError as error:
                 raise decode_error(index, None, error) from None
-        return torch.stack(images)
+            images.append(image)
+            hands.append(framing.hand_found)
+        return torch.stack(images), hands
     raise ApiError(400, "invalid_datatype", f"datatype must be FP32 or BYTES, got {tensor.datatype!r}")
 
 
-def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str]) -> list[OutputTensor]:
-    """The requested outputs (all when none are) of the batch's rows of probabilities."""
+def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str],
+                   hands: Sequence[bool]) -> list[OutputTensor]:
+    """The requested outputs (all when none are) of the batch's rows of probabilities; `hands`: whether
+    each image's hand was found (images_of)."""
     labels = [model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
-    confident = [model.is_confident(row) for row in rows]
+    confident = [model.is_confident(row, hand) for row, hand in zip(rows, hands)]
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
                                              [value for row in rows for value in row]),
                "label": OutputTensor("label", "BYTES", [len(rows)], labels),

@@ -1,0 +1,178 @@
+"""Finding the hand in a photo, so that the network reads the hand and not the room around it (issue 24).
+
+The network reads 64x64 pixels. In a webcam frame the hand is about a tenth of the picture, some 20 pixels
+wide once the frame is resized, and the network answers from the room. `find_hand` locates it with
+MediaPipe's hand models (Apache-2.0, shipped in `models/`, checked by SHA-256 when loaded), run on OpenVINO:
+the palm detector finds the palm, the landmark model then places the hand's 21 points. `Hand.square` frames
+the hand as a square a little larger than those points (docs/robustness.md, "Finding the hand").
+
+These models only say where the hand is; the answer is the ResNet50's, trained on SIGNS alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MODELS = Path(__file__).resolve().parent / "models"
+PALM_MODEL = MODELS / "palm_detection_full.tflite"
+LANDMARK_MODEL = MODELS / "hand_landmark_full.tflite"
+SHA256 = {PALM_MODEL.name: "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
+          LANDMARK_MODEL.name: "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3"}
+
+PALM_INPUT = 192  # the palm detector's square input, RGB in [0, 1]
+LANDMARK_INPUT = 224  # the landmark model's
+# MediaPipe's own settings: a palm counts from a score of 0.5; the landmark model reads a square 2.6 times
+# the palm's side, moved half a side towards the fingers and turned so that they point up.
+MIN_PALM_SCORE = 0.5
+MIN_PRESENCE = 0.5
+PALM_TO_HAND_SCALE, PALM_TO_HAND_SHIFT = 2.6, 0.5
+NMS_OVERLAP = 0.3
+# The square the classifier reads: this many times the long side of the hand's points, around their centre.
+# Chosen with the hold-out model on val_signs photos and measured on the real sets (docs/robustness.md,
+# "Finding the hand").
+FRAMING = 1.5
+
+
+@dataclass(frozen=True)
+class Hand:
+    """A hand found in a photo: its 21 landmarks (x, y in the photo's pixels, MediaPipe's order: the wrist
+    first, the middle finger's knuckle ninth) and how sure the models are (palm score x hand presence)."""
+
+    points: np.ndarray
+    score: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """The landmarks' bounding box: left, top, right, bottom."""
+        (left, top), (right, bottom) = self.points.min(0), self.points.max(0)
+        return float(left), float(top), float(right), float(bottom)
+
+    def square(self, framing: float | None = None) -> tuple[int, int, int, int]:
+        """The square the classifier reads, `framing` (default FRAMING) times the landmarks' long side around
+        their centre: left, top, right, bottom (it may reach past the photo's edges)."""
+        left, top, right, bottom = self.box
+        side = max(1, round((framing or FRAMING) * max(right - left, bottom - top)))
+        x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
+        return x0, y0, x0 + side, y0 + side
+
+
+def _anchors() -> np.ndarray:
+    """The palm detector's 2016 anchor centres (MediaPipe's SSD anchors for it: a 24x24 grid with 2 per
+    cell at stride 8, then a 12x12 grid with 6 per cell at stride 16), as x, y in [0, 1]."""
+    rows = []
+    for stride, per_cell in ((8, 2), (16, 6)):
+        cells = PALM_INPUT // stride
+        ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells, indexing="ij")
+        rows.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], 1), per_cell, axis=0))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def _verified(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the hand model is missing from the package (reinstall it)")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != SHA256[path.name]:
+        raise ValueError(f"{path}: the hand model's SHA-256 does not match the one it shipped with")
+    return path
+
+
+class HandFinder:
+    """The two models compiled once; each thread gets its own inference requests, so decoding threads can
+    look for hands at the same time."""
+
+    def __init__(self) -> None:
+        import openvino as ov  # the server's engine already loads it; here only when a hand is looked for
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        self._palm = core.compile_model(core.read_model(str(_verified(PALM_MODEL))), "CPU", config)
+        self._landmarks = core.compile_model(core.read_model(str(_verified(LANDMARK_MODEL))), "CPU", config)
+        self._anchors = _anchors()
+        self._local = threading.local()
+
+    def _requests(self):
+        if not hasattr(self._local, "palm"):
+            self._local.palm = self._palm.create_infer_request()
+            self._local.landmarks = self._landmarks.create_infer_request()
+        return self._local.palm, self._local.landmarks
+
+    def find(self, image: Image.Image) -> Hand | None:
+        """The most likely hand in an RGB photo, or None when there is none."""
+        palm_request, landmark_request = self._requests()
+        palm = self._best_palm(image, palm_request)
+        if palm is None:
+            return None
+        centre, side, angle, palm_score = palm
+        # The landmark model reads the palm's square, turned upright: map its pixels back to the photo's.
+        scale = side / LANDMARK_INPUT
+        cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+        x0 = centre[0] - (cos - sin) * LANDMARK_INPUT / 2
+        y0 = centre[1] - (sin + cos) * LANDMARK_INPUT / 2
+        affine = (cos, -sin, x0, sin, cos, y0)
+        patch = image.transform((LANDMARK_INPUT, LANDMARK_INPUT), Image.Transform.AFFINE, affine,
+                                Image.Resampling.BILINEAR)
+        outputs = landmark_request.infer([np.asarray(patch, dtype=np.float32)[None] / 255])
+        landmarks = outputs[0].reshape(21, 3)[:, :2]
+        presence = float(outputs[1].reshape(-1)[0])
+        if presence < MIN_PRESENCE:
+            return None
+        points = np.stack([cos * landmarks[:, 0] - sin * landmarks[:, 1] + x0,
+                           sin * landmarks[:, 0] + cos * landmarks[:, 1] + y0], 1)
+        return Hand(points.astype(np.float32), presence * palm_score)
+
+    def _best_palm(self, image: Image.Image, request) -> tuple[np.ndarray, float, float, float] | None:
+        """The best palm's square for the landmark model: centre (pixels), side, the angle that turns its
+        fingers up, and the palm's score; None when no palm scores MIN_PALM_SCORE."""
+        side = max(image.size)
+        offset = np.array([(side - image.width) // 2, (side - image.height) // 2], dtype=np.float32)
+        canvas = Image.new("RGB", (side, side))
+        canvas.paste(image, tuple(int(v) for v in offset))
+        pixels = np.asarray(canvas.resize((PALM_INPUT, PALM_INPUT), Image.Resampling.BILINEAR), dtype=np.float32)
+        raw, logits = request.infer([pixels[None] / 255]).values()
+        raw, logits = raw.reshape(-1, 18), logits.reshape(-1)
+        scores = 1 / (1 + np.exp(-np.clip(logits, -100, 100)))
+        keep = scores >= MIN_PALM_SCORE
+        if not keep.any():
+            return None
+        raw, scores, anchors = raw[keep] / PALM_INPUT, scores[keep], self._anchors[keep]
+        centres = raw[:, :2] + anchors
+        boxes = np.concatenate([centres - raw[:, 2:4] / 2, centres + raw[:, 2:4] / 2], 1)
+        keypoints = raw[:, 4:].reshape(-1, 7, 2) + anchors[:, None, :]
+        # MediaPipe's weighted suppression: the best palm's box and keypoints, averaged over the detections
+        # that overlap it, weighted by their scores.
+        best = int(scores.argmax())
+        group = _overlap(boxes[best], boxes) > NMS_OVERLAP
+        weights = scores[group] / scores[group].sum()
+        box = (boxes[group] * weights[:, None]).sum(0) * side - np.tile(offset, 2)
+        keypoints = (keypoints[group] * weights[:, None, None]).sum(0) * side - offset
+        wrist, knuckle = keypoints[0], keypoints[2]  # the palm's keypoints 0 and 2: wrist, middle finger's knuckle
+        up = (knuckle - wrist) / max(float(np.linalg.norm(knuckle - wrist)), 1e-6)
+        palm_side = float(max(box[2] - box[0], box[3] - box[1]))
+        centre = (box[:2] + box[2:]) / 2 + up * PALM_TO_HAND_SHIFT * palm_side
+        return centre, PALM_TO_HAND_SCALE * palm_side, math.atan2(up[0], -up[1]), float(scores[best])
+
+
+def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one box with many (left, top, right, bottom)."""
+    low, high = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+    intersection = np.prod(np.clip(high - low, 0, None), axis=1)
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return intersection / (np.prod(box[2:] - box[:2]) + areas - intersection + 1e-12)
+
+
+@functools.cache
+def finder() -> HandFinder:
+    """The process's one HandFinder, built at first use (about 0.2 s)."""
+    return HandFinder()
+
+
+def find_hand(image: Image.Image) -> Hand | None:
+    """The most likely hand in an RGB photo, or None when the models see none."""
+    return finder().find(image)

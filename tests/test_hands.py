@@ -1,0 +1,131 @@
+"""The hand finder in front of the network (hands.py, data.frame_hand): it finds a SIGNS hand pasted into a
+synthetic frame at a known place, leaves SIGNS photos as they are, answers "no hand" for a photo without one,
+refuses a model file that is not the one it shipped with, and gives the same answer from several threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SHARED
+from signs_resnet import data, hands
+from signs_resnet.augment import hand_mask, procedural_backgrounds
+
+SIGNS_TEST = SHARED / "signs" / "64x64_SIGNS" / "test_signs"
+
+
+def iou(a, b) -> float:
+    left, top, right, bottom = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, right - left) * max(0, bottom - top)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def signs_photos(per_class: int) -> list[Path]:
+    files = sorted(SIGNS_TEST.glob("*.jpg"))
+    if not files:
+        pytest.skip(f"{SIGNS_TEST} holds no photos")
+    return [file for c in "012345" for file in [f for f in files if f.name[0] == c][:per_class]]
+
+
+def pasted_frame(photo: Path, box: tuple[int, int, int, int], seed: int) -> Image.Image:
+    """A 400x300 frame of a procedural background with the SIGNS photo's hand (its mask, augment.hand_mask)
+    pasted at `box`, enlarged to it: the photo's wall is replaced by the background."""
+    left, top, right, bottom = box
+    pixels = torch.from_numpy(np.array(Image.open(photo).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    hand = torch.nn.functional.interpolate(pixels, size=(bottom - top, right - left), mode="bilinear",
+                                           align_corners=False)
+    frame = procedural_backgrounds(1, 300, 400, torch.Generator().manual_seed(seed))
+    mask = hand_mask(hand)
+    frame[:, :, top:bottom, left:right] = mask * hand + (1 - mask) * frame[:, :, top:bottom, left:right]
+    return Image.fromarray((frame[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+
+@pytest.mark.parametrize("box", [(40, 20, 190, 170), (230, 130, 350, 250), (150, 60, 330, 240)])
+def test_the_finder_recovers_a_signs_hand_pasted_at_a_known_box(box):
+    """The square the network reads covers the pasted SIGNS photo (IoU >= 0.5): the hand framed as SIGNS
+    frames it, wherever it is and whatever its size."""
+    photos = signs_photos(per_class=3)
+    overlaps = []
+    for seed, photo in enumerate(photos):
+        image = pasted_frame(photo, box, seed)
+        _, framing = data.prepare(image)
+        assert framing.searched
+        overlaps.append(iou(framing.crop, box) if framing.crop else 0.0)
+    found = np.mean([o > 0 for o in overlaps])
+    assert found >= 0.75, f"a hand found in {found:.0%} of the frames"
+    assert np.mean([o >= 0.5 for o in overlaps]) >= 0.7, sorted(overlaps)
+    assert np.median(overlaps) >= 0.6
+
+
+def test_the_crop_is_the_hand_and_what_the_network_reads():
+    photo = signs_photos(per_class=1)[5]  # a "5"
+    box = (200, 100, 350, 250)
+    image = pasted_frame(photo, box, seed=1)
+    pixels, framing = data.frame(image)
+    hand = hands.find_hand(image)
+    assert hand is not None and hand.score > 0.5 and framing.crop == hand.square()
+    assert iou(hand.box, box) > 0.3 and iou(framing.crop, box) >= 0.5
+    left, top, right, bottom = framing.crop
+    expected = image.crop((left, top, right, bottom)).resize((64, 64), Image.Resampling.LANCZOS)
+    assert np.abs(pixels.astype(int) - np.asarray(expected, dtype=int)).mean() < 2  # the edges past the frame aside
+
+
+def test_signs_photos_are_read_as_they_are():
+    """64x64 photos (SIGNS' own, and every model-ready input) are not searched: the network reads the photo."""
+    for photo in signs_photos(per_class=2):
+        image, framing = data.prepare(photo)
+        assert framing == data.Framing() and framing.hand_found and framing.answer() is None
+        assert torch.equal(image, data.scale(torch.from_numpy(np.array(Image.open(photo).convert("RGB")))
+                                             .permute(2, 0, 1)[None])[0])
+
+
+def test_an_enlarged_signs_photo_keeps_its_framing():
+    """A SIGNS photo at 4x its size: the hand is found, and the square is mostly about the photo itself (a
+    fist's is smaller: SIGNS frames every hand alike, the finder frames the hand's points)."""
+    overlaps = []
+    for photo in signs_photos(per_class=2):
+        image = Image.open(photo).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC)
+        _, framing = data.prepare(image)
+        assert framing.searched
+        if framing.score is not None:
+            overlaps.append(1.0 if framing.crop is None else iou(framing.crop, (0, 0, 256, 256)))
+    assert len(overlaps) >= 10 and np.median(overlaps) >= 0.6, overlaps
+
+
+@pytest.mark.parametrize("kind", ["wall", "noise", "gradient"])
+def test_a_photo_without_a_hand_is_answered_as_no_hand(kind):
+    rng = np.random.default_rng(0)
+    pixels = {"wall": np.full((300, 400, 3), 180, np.uint8),
+              "noise": rng.integers(0, 256, (300, 400, 3), dtype=np.uint8),
+              "gradient": np.broadcast_to(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None], (300, 400, 3))}
+    image, framing = data.prepare(Image.fromarray(np.ascontiguousarray(pixels[kind])))
+    assert image.shape == (3, 64, 64)
+    assert framing.searched and framing.score is None and framing.crop is None and not framing.hand_found
+    assert framing.answer() == {"found": False, "score": None, "crop": None}
+
+
+def test_a_hand_model_that_is_not_the_one_shipped_is_refused(tmp_path, monkeypatch):
+    changed = tmp_path / hands.PALM_MODEL.name
+    changed.write_bytes(hands.PALM_MODEL.read_bytes()[:-1] + b"x")
+    with pytest.raises(ValueError, match="SHA-256 does not match"):
+        hands._verified(changed)
+    with pytest.raises(FileNotFoundError, match="missing from the package"):
+        hands._verified(tmp_path / "absent.tflite")
+
+
+def test_threads_find_the_same_hands(sample_jpg):
+    """Decoding threads look for hands at the same time, each with its own inference requests."""
+    frames = [pasted_frame(photo, (60 + 20 * i, 40, 210 + 20 * i, 190), i)
+              for i, photo in enumerate(signs_photos(per_class=1))] + [Image.open(sample_jpg).convert("RGB")]
+    alone = [hands.find_hand(frame) for frame in frames]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(hands.find_hand, frames * 3))
+    for one, other in zip(alone * 3, together):
+        assert (one is None) == (other is None)
+        if one is not None:
+            assert np.allclose(one.points, other.points, atol=1e-3) and abs(one.score - other.score) < 1e-5
