@@ -109,13 +109,61 @@ def test_a_photo_without_a_hand_is_answered_as_no_hand(kind):
     assert framing.answer() == {"found": False, "score": None, "crop": None}
 
 
-def test_a_hand_model_that_is_not_the_one_shipped_is_refused(tmp_path, monkeypatch):
+def test_a_hand_model_that_is_not_the_one_shipped_is_refused(tmp_path):
     changed = tmp_path / hands.PALM_MODEL.name
     changed.write_bytes(hands.PALM_MODEL.read_bytes()[:-1] + b"x")
-    with pytest.raises(ValueError, match="SHA-256 does not match"):
+    with pytest.raises(hands.HandModelError, match="SHA-256 does not match"):
         hands._verified(changed)
-    with pytest.raises(FileNotFoundError, match="missing from the package"):
+    with pytest.raises(hands.HandModelError, match="missing from the package"):
         hands._verified(tmp_path / "absent.tflite")
+
+
+@pytest.fixture
+def broken_hand_models(tmp_path, monkeypatch):
+    """The package's hand models as a broken install has them: the palm detector missing."""
+    monkeypatch.setattr(hands, "PALM_MODEL", tmp_path / "palm_detection_full.tflite")
+    hands._finder.cache_clear()
+    yield
+    hands._finder.cache_clear()
+
+
+def test_broken_hand_models_are_one_clear_error_not_a_bad_photo(broken_hand_models, signs_jpegs, model_file,
+                                                                  sample_jpg, capsys):
+    """Not "cannot decode image" for every file: the install is named, once, and the command fails."""
+    with pytest.raises(hands.HandModelError, match="missing from the package"):
+        data.prepare(sample_jpg)
+    data.prepare(signs_jpegs[0])  # 64x64: no hand looked for, nothing to fail
+    from signs_resnet import cli
+
+    status = cli.main(["predict", "--model", str(model_file), "--engine", "torch-fp32", str(sample_jpg),
+                       str(signs_jpegs[0])])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    [line] = [line for line in captured.err.splitlines() if "error" in line]
+    assert line.startswith("signs predict: error: ") and "hand model is missing" in line and "decode" not in line
+
+
+def test_a_big_rotated_phone_photo_is_cut_where_its_hand_is(tmp_path):
+    """A 1600x1200 JPEG stored on its side with an EXIF orientation (as phones write them), decoded at a
+    reduced scale (JPEG draft): the square is in the upright full-size photo's pixels."""
+    photo = signs_photos(per_class=1)[5]
+    box = (200, 100, 350, 250)
+    upright = pasted_frame(photo, box, seed=1)
+    _, small = data.prepare(upright)
+    assert small.crop is not None
+    big = upright.resize((1600, 1200), Image.Resampling.BICUBIC)
+    stored = big.transpose(Image.Transpose.ROTATE_90)  # what EXIF orientation 6 turns upright again
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    _, framing = data.prepare(tmp_path / "phone.jpg")
+    assert framing.crop is not None
+    assert iou(framing.crop, [4 * v for v in small.crop]) >= 0.8, (framing.crop, small.crop)
+
+
+def test_a_long_thin_photo_is_answered_without_a_huge_canvas():
+    _, framing = data.prepare(Image.new("RGB", (40_000, 70), (200, 170, 140)))
+    assert framing.searched and not framing.hand_found
 
 
 def test_threads_find_the_same_hands(sample_jpg):

@@ -42,6 +42,16 @@ def test_summary_counts_accuracy_classes_calibration_and_confident_answers():
     assert result["confident_coverage"] == pytest.approx(0.5) and result["confident_accuracy"] == 1.0
     nobody = robustness.summarise(probabilities, labels, CLASSES, threshold=0.95)
     assert nobody["confident_coverage"] == 0 and nobody["confident_accuracy"] is None
+    assert result["hands_found"] == 1.0
+
+
+def test_a_photo_whose_hand_was_not_found_is_never_confident():
+    probabilities = one_hot_ish([0, 1, 1, 2], [0.9, 0.9, 0.6, 0.6])
+    labels = torch.tensor([0, 1, 2, 2])
+    result = robustness.summarise(probabilities, labels, CLASSES, threshold=0.8,
+                                  hands_found=torch.tensor([True, False, True, True]))
+    assert result["hands_found"] == pytest.approx(0.75)
+    assert result["confident_coverage"] == pytest.approx(0.25) and result["confident_accuracy"] == 1.0
 
 
 def row(model, set_name, accuracy, worst_class=0.9, ece=0.05, coverage=0.6, confident=0.97):
@@ -55,8 +65,8 @@ def test_table_has_a_row_per_result_and_the_targets_line_says_met_or_not():
                                                      ("hands_frames", 0.6))]
     rows[0] |= {"train_seconds": 700.4}
     table = robustness.format_table(rows).splitlines()
-    assert len(table) == 2 + 9 and all(line.count("|") == 11 for line in table)
-    assert "| seed0 | test_signs.h5 | 10 | 99.0% | 1: 90%, 5: 100% | 0.050 | 0.800 | 60.0% | 97.0% | 700 |" in table
+    assert len(table) == 2 + 9 and all(line.count("|") == 12 for line in table)
+    assert "| seed0 | test_signs.h5 | 10 | 99.0% | 1: 90%, 5: 100% | 0.050 | - | 0.800 | 60.0% | 97.0% | 700 |" in table
     targets = robustness.targets_line(rows)
     assert "hands_crops >= 80%: met (85.0%)" in targets
     assert "hands_frames >= 70%: NOT met (60.0%)" in targets

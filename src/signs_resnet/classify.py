@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .data import Framing, image_files, prepare
+from .hands import finder
 from .engines import Engine
 
 
@@ -43,6 +44,7 @@ def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_si
     "probability", "confident", "probabilities"} or {"path", "error"}. The next batches decode while the
     current one runs."""
     image_size = engine.model.image_size
+    finder()  # here, so that unusable hand models are one error, not one per file
     batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
     threads = decode_threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
@@ -78,8 +80,8 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
         for result in results:
             if "error" not in result:
                 row, framing = next(answered)
-                result |= answer(row, engine.model.classes, engine.model.is_confident(row, framing.hand_found),
-                                 framing.answer())
+                confident = engine.model.is_confident(row, hand_found=framing.hand_found)
+                result |= answer(row, engine.model.classes, confident, framing.answer())
     yield from results
 
 

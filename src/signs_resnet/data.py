@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .hands import FRAMING, find_hand
+from .hands import FRAMING, HandModelError, find_hand
 
 IMAGE_SIZE = 64
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -174,7 +174,10 @@ def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image,
     if hand is None:
         return image, Framing(searched=True)
     box = hand.square()
-    if box[2] - box[0] >= KEEP_WHOLE * max(image.size):
+    left, top, right, bottom = box
+    if right <= 0 or bottom <= 0 or left >= image.width or top >= image.height:
+        return image, Framing(searched=True)  # points off the photo: no hand in it
+    if right - left >= KEEP_WHOLE * max(image.size):
         return image, Framing(True, hand.score)
     return _crop(image, box), Framing(True, hand.score, box)
 
@@ -200,6 +203,8 @@ def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)
         return np.array(image, dtype=np.uint8), framing
+    except HandModelError:
+        raise  # the install is broken, not the photo
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"{name}: cannot decode image ({error})", "corrupt_image") from None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,25 +76,40 @@ def _anchors() -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
+class HandModelError(ValueError):
+    """The hand models cannot be used (missing, changed, or refused by OpenVINO): a broken install, not a
+    bad photo, so it is never reported as one."""
+
+
 def _verified(path: Path) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the hand model is missing from the package (reinstall it)")
+        raise HandModelError(f"{path}: the hand model is missing from the package (reinstall it)")
     if hashlib.sha256(path.read_bytes()).hexdigest() != SHA256[path.name]:
-        raise ValueError(f"{path}: the hand model's SHA-256 does not match the one it shipped with")
+        raise HandModelError(f"{path}: the hand model's SHA-256 does not match the one it shipped with")
     return path
 
 
 class HandFinder:
-    """The two models compiled once; each thread gets its own inference requests, so decoding threads can
-    look for hands at the same time."""
+    """The two models compiled once, in fp32 (the same answers on every CPU), with one single-threaded
+    stream per core, so that decoding threads, each with its own inference requests, look for hands at the
+    same time."""
 
     def __init__(self) -> None:
         import openvino as ov  # the server's engine already loads it; here only when a hand is looked for
 
+        streams = os.cpu_count() or 1
+        config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        self._palm = core.compile_model(core.read_model(str(_verified(PALM_MODEL))), "CPU", config)
-        self._landmarks = core.compile_model(core.read_model(str(_verified(LANDMARK_MODEL))), "CPU", config)
+        try:
+            self._palm = core.compile_model(core.read_model(str(_verified(PALM_MODEL))), "CPU", config)
+            self._landmarks = core.compile_model(core.read_model(str(_verified(LANDMARK_MODEL))), "CPU", config)
+            # Outputs by name, not position: the palm's boxes and scores; the hand's landmarks and presence.
+            self._outputs = {"boxes": self._palm.output("Identity"), "scores": self._palm.output("Identity_1"),
+                             "landmarks": self._landmarks.output("Identity"),
+                             "presence": self._landmarks.output("Identity_1")}
+        except RuntimeError as error:
+            raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {MODELS}: "
+                                 f"{str(error).strip().splitlines()[0]}") from None
         self._anchors = _anchors()
         self._local = threading.local()
 
@@ -104,7 +120,8 @@ class HandFinder:
         return self._local.palm, self._local.landmarks
 
     def find(self, image: Image.Image) -> Hand | None:
-        """The most likely hand in an RGB photo, or None when there is none."""
+        """The most likely hand in a photo, or None when there is none."""
+        image = image if image.mode == "RGB" else image.convert("RGB")
         palm_request, landmark_request = self._requests()
         palm = self._best_palm(image, palm_request)
         if palm is None:
@@ -119,24 +136,28 @@ class HandFinder:
         patch = image.transform((LANDMARK_INPUT, LANDMARK_INPUT), Image.Transform.AFFINE, affine,
                                 Image.Resampling.BILINEAR)
         outputs = landmark_request.infer([np.asarray(patch, dtype=np.float32)[None] / 255])
-        landmarks = outputs[0].reshape(21, 3)[:, :2]
-        presence = float(outputs[1].reshape(-1)[0])
-        if presence < MIN_PRESENCE:
-            return None
+        landmarks = outputs[self._outputs["landmarks"]].reshape(21, 3)[:, :2]
+        presence = float(outputs[self._outputs["presence"]].reshape(-1)[0])
         points = np.stack([cos * landmarks[:, 0] - sin * landmarks[:, 1] + x0,
                            sin * landmarks[:, 0] + cos * landmarks[:, 1] + y0], 1)
+        if not presence >= MIN_PRESENCE or not np.isfinite(points).all():
+            return None
         return Hand(points.astype(np.float32), presence * palm_score)
 
     def _best_palm(self, image: Image.Image, request) -> tuple[np.ndarray, float, float, float] | None:
         """The best palm's square for the landmark model: centre (pixels), side, the angle that turns its
         fingers up, and the palm's score; None when no palm scores MIN_PALM_SCORE."""
-        side = max(image.size)
-        offset = np.array([(side - image.width) // 2, (side - image.height) // 2], dtype=np.float32)
-        canvas = Image.new("RGB", (side, side))
-        canvas.paste(image, tuple(int(v) for v in offset))
-        pixels = np.asarray(canvas.resize((PALM_INPUT, PALM_INPUT), Image.Resampling.BILINEAR), dtype=np.float32)
-        raw, logits = request.infer([pixels[None] / 255]).values()
-        raw, logits = raw.reshape(-1, 18), logits.reshape(-1)
+        # The photo shrunk to fit the detector's square first (an elongated photo never becomes a huge
+        # canvas), centred on black as MediaPipe letterboxes it.
+        shrink = PALM_INPUT / max(image.size)
+        fitted = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
+                              Image.Resampling.BILINEAR)
+        offset = np.array([(PALM_INPUT - fitted.width) // 2, (PALM_INPUT - fitted.height) // 2], dtype=np.float32)
+        canvas = Image.new("RGB", (PALM_INPUT, PALM_INPUT))
+        canvas.paste(fitted, (int(offset[0]), int(offset[1])))
+        outputs = request.infer([np.asarray(canvas, dtype=np.float32)[None] / 255])
+        raw = outputs[self._outputs["boxes"]].reshape(-1, 18)
+        logits = outputs[self._outputs["scores"]].reshape(-1)
         scores = 1 / (1 + np.exp(-np.clip(logits, -100, 100)))
         keep = scores >= MIN_PALM_SCORE
         if not keep.any():
@@ -149,12 +170,16 @@ class HandFinder:
         # that overlap it, weighted by their scores.
         best = int(scores.argmax())
         group = _overlap(boxes[best], boxes) > NMS_OVERLAP
+        group[best] = True
         weights = scores[group] / scores[group].sum()
-        box = (boxes[group] * weights[:, None]).sum(0) * side - np.tile(offset, 2)
-        keypoints = (keypoints[group] * weights[:, None, None]).sum(0) * side - offset
+        to_pixels = PALM_INPUT / shrink  # from the detector's [0, 1] to the photo's pixels
+        box = (boxes[group] * weights[:, None]).sum(0) * to_pixels - np.tile(offset, 2) / shrink
+        keypoints = (keypoints[group] * weights[:, None, None]).sum(0) * to_pixels - offset / shrink
         wrist, knuckle = keypoints[0], keypoints[2]  # the palm's keypoints 0 and 2: wrist, middle finger's knuckle
         up = (knuckle - wrist) / max(float(np.linalg.norm(knuckle - wrist)), 1e-6)
         palm_side = float(max(box[2] - box[0], box[3] - box[1]))
+        if not palm_side >= 1 or not np.isfinite(box).all() or not np.isfinite(up).all():
+            return None
         centre = (box[:2] + box[2:]) / 2 + up * PALM_TO_HAND_SHIFT * palm_side
         return centre, PALM_TO_HAND_SCALE * palm_side, math.atan2(up[0], -up[1]), float(scores[best])
 
@@ -167,10 +192,19 @@ def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return intersection / (np.prod(box[2:] - box[:2]) + areas - intersection + 1e-12)
 
 
+_building = threading.Lock()
+
+
 @functools.cache
-def finder() -> HandFinder:
-    """The process's one HandFinder, built at first use (about 0.2 s)."""
+def _finder() -> HandFinder:
     return HandFinder()
+
+
+def finder() -> HandFinder:
+    """The process's one HandFinder, built at first use (about 0.2 s; the server and `signs predict` build
+    it before their first photo). Raises HandModelError when the models cannot be used."""
+    with _building:  # decoding threads that start together build it once
+        return _finder()
 
 
 def find_hand(image: Image.Image) -> Hand | None:

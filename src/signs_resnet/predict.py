@@ -45,7 +45,7 @@ class LoadedModel:
         """An answer is confident when its top probability is at least this (docs/accuracy.md, "Confidence")."""
         return float(self.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
 
-    def is_confident(self, probabilities: list[float], hand_found: bool = True) -> bool:
+    def is_confident(self, probabilities: list[float], *, hand_found: bool) -> bool:
         """The rule every answer follows: a hand was found where one was looked for (data.Framing), and the
         top class probability reaches the model's threshold."""
         return hand_found and max(probabilities) >= self.confidence_threshold

@@ -13,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from .guards import HttpProtocol
+from .hands import finder
 from .predict import load_model as load_model_file
 from .runtime import load_model
 from .serve import create_app
@@ -53,6 +54,7 @@ def run(settings: ServeSettings) -> None:
         uvicorn.run(create_app(settings, load_model(settings)), **options)
         return
     load_model_file(settings.model)  # the workers load it; verify it once here, where failing is clear
+    finder()  # and the hand models
     os.environ.update(settings.to_env())  # the worker processes read their settings from here
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics over all worker processes

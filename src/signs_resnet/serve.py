@@ -145,7 +145,9 @@ async def predict_route(request: Request) -> JSONResponse:
             framings.append(framing)
         return torch.stack(images), (framings, [_png_data_url(image) for image in images] if include_image else None)
 
-    inline = sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS
+    # Small photos decode on the event loop; never one the hand finder's two networks would run on.
+    inline = (sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS
+              and all(max(image.size) <= engine.model.image_size for image in opened))
     (framings, pngs), result, decode_seconds = await runtime.classify(prepare_all, len(uploads), inline)
     results = []
     for index, (name, _) in enumerate(uploads):
@@ -153,7 +155,7 @@ async def predict_route(request: Request) -> JSONResponse:
         results.append({"filename": name, "label": predictions[0]["label"],
                         "probability": predictions[0]["probability"],
                         "confident": engine.model.is_confident(result.probabilities[index],
-                                                                framings[index].hand_found),
+                                                                hand_found=framings[index].hand_found),
                         "hand": framings[index].answer(), "predictions": predictions})
         if pngs:
             results[-1]["image"] = pngs[index]

@@ -128,7 +128,7 @@ def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Seque
     """The requested outputs (all when none are) of the batch's rows of probabilities; `hands`: whether
     each image's hand was found (images_of)."""
     labels = [model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
-    confident = [model.is_confident(row, hand) for row, hand in zip(rows, hands)]
+    confident = [model.is_confident(row, hand_found=hand) for row, hand in zip(rows, hands)]
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
                                              [value for row in rows for value in row]),
                "label": OutputTensor("label", "BYTES", [len(rows)], labels),

@@ -1,0 +1,85 @@
+"""What finding the hand costs per photo: `data.prepare` with the hand finder and without it, alternated.
+
+    python benchmarks/hand_cost.py [--rounds 7] [--repeats 20]
+
+For three photos people send (a 64x64 SIGNS JPEG, what the load benchmark posts; a 400x300 webcam frame
+from real/hands_frames; the 1080x1440 phone photo sample.jpg), the median over `rounds` of the mean time of
+`repeats` calls of `data.prepare` on the file's bytes, in one thread, with the finder as shipped and with it
+switched off (`frame_hand` replaced by "read the whole photo"), the two alternating round by round so
+that both see the same machine. The finder's first call (compiling its models, about 0.2 s) is made
+before timing, as the server does at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from signs_resnet import data, hands  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def photos() -> dict[str, bytes]:
+    frame = sorted((SHARED / "real" / "hands_frames" / "2").glob("*.jpg"))[0]
+    signs = sorted((SHARED / "signs" / "64x64_SIGNS" / "test_signs").glob("*.jpg"))[0]
+    return {f"64x64 SIGNS JPEG ({signs.name})": signs.read_bytes(),
+            f"400x300 webcam frame ({frame.name})": frame.read_bytes(),
+            "1080x1440 phone photo (sample.jpg)": (SHARED / "samples" / "sample.jpg").read_bytes()}
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def whole_photo(image, size=data.IMAGE_SIZE):
+    return image, data.Framing()
+
+
+def mean_seconds(blob: bytes, repeats: int) -> float:
+    started = time.perf_counter()
+    for _ in range(repeats):
+        data.prepare(blob)
+    return (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    hands.finder()
+    shipped = data.frame_hand
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs; medians of {args.rounds} rounds "
+          f"x {args.repeats} calls of data.prepare, one thread")
+    print(f"{'photo':<48} {'without (ms)':>13} {'with (ms)':>10} {'ratio':>6} {'found':>6}")
+    for name, blob in photos().items():
+        timings = {"without": [], "with": []}
+        for _ in range(args.rounds):
+            for arm, frame_hand in (("without", whole_photo), ("with", shipped)):
+                data.frame_hand = frame_hand
+                timings[arm].append(mean_seconds(blob, args.repeats))
+        data.frame_hand = shipped
+        without, with_finder = (statistics.median(timings[arm]) * 1000 for arm in ("without", "with"))
+        framing = data.prepare(blob)[1]
+        found = "-" if not framing.searched else ("yes" if framing.score is not None else "no")
+        print(f"{name:<48} {without:>13.2f} {with_finder:>10.2f} {with_finder / without:>5.2f}x {found:>6}")
+
+
+if __name__ == "__main__":
+    main()
