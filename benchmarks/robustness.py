@@ -23,7 +23,7 @@ recipe's threshold is fixed, from SIGNS data alone (`confident_threshold`), is p
 the val_signs photos, each composited onto procedural backgrounds and augmented like training photos (a
 seeded shift away from SIGNS' look, built from SIGNS only), are answered, and the threshold is the lowest
 probability above which those answers are >= 95% right (for a model trained on all 1080 photos those are
-training photos, so it is not printed). real/ is only measured, never used to choose anything here.
+training photos, so it is not printed). real/ is only measured here: nothing is fitted to it.
 
 --out DIR writes results.json, and for each model grids of real photos with its answers (right in green,
 wrong in red, the hand's square in yellow): DIR/<model>/<set>.png (a sample) and DIR/<model>/<set>_errors.png.
