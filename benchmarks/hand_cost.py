@@ -13,8 +13,6 @@ before timing, as the server does at start-up.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from predict_files import cpu_name  # noqa: E402
 from signs_resnet import data, hands  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -33,15 +33,6 @@ def photos() -> dict[str, bytes]:
     return {f"64x64 SIGNS JPEG ({signs.name})": signs.read_bytes(),
             f"400x300 webcam frame ({frame.name})": frame.read_bytes(),
             "1080x1440 phone photo (sample.jpg)": (SHARED / "samples" / "sample.jpg").read_bytes()}
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def whole_photo(image, size=data.IMAGE_SIZE):
@@ -65,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(1)
     hands.finder()
     shipped = data.frame_hand
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs; medians of {args.rounds} rounds "
+    print(f"{cpu_name()}; medians of {args.rounds} rounds "
           f"x {args.repeats} calls of data.prepare, one thread")
     print(f"{'photo':<48} {'without (ms)':>13} {'with (ms)':>10} {'ratio':>6} {'found':>6}")
     for name, blob in photos().items():
