@@ -14,6 +14,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/signs fetch-hand-models
 	touch $@
 
 install: $(BIN)/.installed

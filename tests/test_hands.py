@@ -1,9 +1,10 @@
 """The hand finder in front of the network (hands.py, data.frame_hand): it finds a SIGNS hand pasted into a
 synthetic frame at a known place, leaves SIGNS photos as they are, answers "no hand" for a photo without one,
-refuses a model file that is not the one it shipped with, and gives the same answer from several threads."""
+refuses a model file that is not MediaPipe's, fetches the models only when they are missing, and gives the same answer from several threads."""
 
 from __future__ import annotations
 
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,12 +110,38 @@ def test_a_photo_without_a_hand_is_answered_as_no_hand(kind):
     assert framing.answer() == {"found": False, "score": None, "crop": None}
 
 
-def test_a_hand_model_that_is_not_the_one_shipped_is_refused(tmp_path):
+def test_models_that_are_there_and_verified_are_not_downloaded_again(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the models are there")
+
+    monkeypatch.setattr(hands.subprocess, "run", no_download)
+    assert hands.fetch_hand_models() == [hands.PALM_MODEL, hands.LANDMARK_MODEL]
+
+
+def test_the_models_are_taken_out_of_mediapipes_wheel_only_when_they_are_its_own(tmp_path):
+    wheel = tmp_path / "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, member in hands.WHEEL_MEMBERS.items():
+            archive.writestr(member, (hands.MODELS / name).read_bytes())
+    hands._extract(wheel, tmp_path / "models")
+    for name in hands.WHEEL_MEMBERS:
+        assert (tmp_path / "models" / name).read_bytes() == (hands.MODELS / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(hands.WHEEL_MEMBERS)  # no temporaries
+    changed = tmp_path / "changed.whl"
+    with zipfile.ZipFile(changed, "w") as archive:
+        for member in hands.WHEEL_MEMBERS.values():
+            archive.writestr(member, b"not a model")
+    with pytest.raises(hands.HandModelError, match="is not the model this version expects"):
+        hands._extract(changed, tmp_path / "other")
+    assert not list((tmp_path / "other").glob("*.tflite"))
+
+
+def test_a_hand_model_that_is_not_mediapipes_is_refused(tmp_path):
     changed = tmp_path / hands.PALM_MODEL.name
     changed.write_bytes(hands.PALM_MODEL.read_bytes()[:-1] + b"x")
-    with pytest.raises(hands.HandModelError, match="SHA-256 does not match"):
+    with pytest.raises(hands.HandModelError, match="SHA-256 is not MediaPipe's"):
         hands._verified(changed)
-    with pytest.raises(hands.HandModelError, match="missing from the package"):
+    with pytest.raises(hands.HandModelError, match="missing .run `signs fetch-hand-models`"):
         hands._verified(tmp_path / "absent.tflite")
 
 
@@ -130,7 +157,7 @@ def broken_hand_models(tmp_path, monkeypatch):
 def test_broken_hand_models_are_one_clear_error_not_a_bad_photo(broken_hand_models, signs_jpegs, model_file,
                                                                   sample_jpg, capsys):
     """Not "cannot decode image" for every file: the install is named, once, and the command fails."""
-    with pytest.raises(hands.HandModelError, match="missing from the package"):
+    with pytest.raises(hands.HandModelError, match="missing .run `signs fetch-hand-models`"):
         data.prepare(sample_jpg)
     data.prepare(signs_jpegs[0])  # 64x64: no hand looked for, nothing to fail
     from signs_resnet import cli

@@ -161,6 +161,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_hand_models(args: argparse.Namespace) -> int:
+    from .hands import fetch_hand_models
+
+    for path in fetch_hand_models():
+        print(f"{path}: MediaPipe's, SHA-256 checked")
+    return 0
+
+
 def _import_keras(args: argparse.Namespace) -> int:
     from .keras_import import import_keras
     from .train import MODEL_FILE
@@ -313,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     import_keras.add_argument("file", metavar="FILE.h5", help="the Keras HDF5 file")
     import_keras.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
     import_keras.set_defaults(run=_import_keras)
+
+    fetch = commands.add_parser("fetch-hand-models", help="download the hand finder's two models (MediaPipe's, "
+                                "from its wheel on PyPI) unless they are there already; `make` runs it")
+    fetch.set_defaults(run=_fetch_hand_models)
     return parser
 
 
