@@ -128,7 +128,8 @@ def format_table(rows: list[dict]) -> str:
         per_class = ", ".join(f"{c}: {a:.0%}" for c, a in row["per_class"].items())
         seconds = f"{row['train_seconds']:.0f}" if row.get("train_seconds") else ""
         lines.append(f"| {row['model']} | {row['set']} | {row['n']} | {row['accuracy']:.1%} | {per_class} | "
-                     f"{row['ece']:.3f} | {_percent(row.get('hands_found'))} | {row['threshold']:.3f} | {_percent(row['confident_coverage'])} | "
+                     f"{row['ece']:.3f} | {_percent(row.get('hands_found'))} | {row['threshold']:.3f} | "
+                     f"{_percent(row['confident_coverage'])} | "
                      f"{_percent(row['confident_accuracy'])} | {seconds} |")
     return "\n".join(lines)
 
@@ -174,9 +175,15 @@ def real_set(folder: Path, classes: list[str], size: int) -> PhotoSet:
     unknown = {f.parent.name for f in files} - set(classes)
     if unknown:
         raise ValueError(f"{folder}: classes {sorted(unknown)} are not the model's {classes}")
-    prepared = [data.prepare(f, size) for f in files]
     labels = torch.tensor([classes.index(f.parent.name) for f in files])
-    return PhotoSet(folder.name, torch.stack([image for image, _ in prepared]), labels, files,
+    return prepared_set(folder.name, files, labels, size, files)
+
+
+def prepared_set(name: str, sources: list, labels: torch.Tensor, size: int,
+                 files: list[Path] | None = None) -> PhotoSet:
+    """Photos (files or PIL images) through data.prepare, with where each one's hand was found."""
+    prepared = [data.prepare(source, size) for source in sources]
+    return PhotoSet(name, torch.stack([image for image, _ in prepared]), labels, files,
                     [framing for _, framing in prepared])
 
 
@@ -186,13 +193,11 @@ def enlarged_set(val: data.Dataset, factor: int = 4) -> PhotoSet:
     treats SIGNS' own framing, measured on SIGNS data (for a hold-out model, whose val_signs are unseen)."""
     from PIL import Image
 
-    prepared = []
-    for image in val.images:
-        photo = Image.fromarray(image.permute(1, 2, 0).numpy())
-        prepared.append(data.prepare(photo.resize((photo.width * factor, photo.height * factor),
-                                                  Image.Resampling.BICUBIC), val.images.shape[2]))
-    return PhotoSet(f"val_signs x{factor}", torch.stack([image for image, _ in prepared]), val.labels, None,
-                    [framing for _, framing in prepared])
+    size = val.images.shape[2]
+    photos = [Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size * factor, size * factor),
+                                                                      Image.Resampling.BICUBIC)
+              for image in val.images]
+    return prepared_set(f"val_signs x{factor}", photos, val.labels, size)
 
 
 def held_out(model) -> bool:

@@ -67,11 +67,11 @@ class Hand:
         (left, top), (right, bottom) = self.points.min(0), self.points.max(0)
         return float(left), float(top), float(right), float(bottom)
 
-    def square(self, framing: float | None = None) -> tuple[int, int, int, int]:
-        """The square the classifier reads, `framing` (default FRAMING) times the landmarks' long side around
-        their centre: left, top, right, bottom (it may reach past the photo's edges)."""
+    def square(self) -> tuple[int, int, int, int]:
+        """The square the classifier reads, FRAMING times the landmarks' long side around their centre:
+        left, top, right, bottom (it may reach past the photo's edges)."""
         left, top, right, bottom = self.box
-        side = max(1, round((framing or FRAMING) * max(right - left, bottom - top)))
+        side = max(1, round(FRAMING * max(right - left, bottom - top)))
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + side, y0 + side
 
