@@ -1,5 +1,5 @@
 """The hand finder in front of the network (hands.py, data.frame_hand): it finds a SIGNS hand pasted into a
-synthetic frame at a known place, leaves SIGNS photos as they are, answers "no hand" for a photo without one,
+synthetic frame at a known place and cuts it out onto SIGNS' background, leaves SIGNS photos as they are, answers "no hand" for a photo without one,
 refuses a model file that is not MediaPipe's, fetches the models only when they are missing, and gives the same answer from several threads."""
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def test_the_finder_recovers_a_signs_hand_pasted_at_a_known_box(box):
     assert np.median(overlaps) >= 0.6
 
 
-def test_the_crop_is_the_hand_and_what_the_network_reads():
+def test_the_hand_is_cut_out_onto_the_signs_background_and_is_what_the_network_reads():
+    """Inside the hand's silhouette the network reads the photo's pixels, outside it SIGNS' plain background,
+    in the square around the hand (the procedural room around it is gone)."""
     photo = signs_photos(per_class=1)[5]  # a "5"
     box = (200, 100, 350, 250)
     image = pasted_frame(photo, box, seed=1)
@@ -72,8 +74,29 @@ def test_the_crop_is_the_hand_and_what_the_network_reads():
     assert hand is not None and hand.score > 0.5 and framing.crop == hand.square()
     assert iou(hand.box, box) > 0.3 and iou(framing.crop, box) >= 0.5
     left, top, right, bottom = framing.crop
-    expected = image.crop((left, top, right, bottom)).resize((64, 64), Image.Resampling.LANCZOS)
-    assert np.abs(pixels.astype(int) - np.asarray(expected, dtype=int)).mean() < 2  # the edges past the frame aside
+    side = right - left
+    mask = np.asarray(hand.silhouette((side, side), (left, top)).resize((64, 64), Image.Resampling.BILINEAR))
+    photo_pixels = np.asarray(image.crop(framing.crop).resize((64, 64), Image.Resampling.LANCZOS), dtype=int)
+    hand_inside, room = mask >= 240, mask == 0
+    assert hand_inside.mean() > 0.1 and room.mean() > 0.3, (hand_inside.mean(), room.mean())
+    assert np.abs(pixels[hand_inside].astype(int) - photo_pixels[hand_inside]).mean() < 3
+    assert np.abs(pixels[room].astype(int) - np.array(data.BACKGROUND)).max() <= 2
+    assert np.abs(photo_pixels[room] - np.array(data.BACKGROUND)).mean() > 20  # the room was not that colour
+
+
+def test_the_silhouette_covers_the_hands_points_and_not_the_corners():
+    image = pasted_frame(signs_photos(per_class=1)[2], (120, 60, 300, 240), seed=3)
+    hand = hands.find_hand(image)
+    assert hand is not None
+    mask = np.asarray(hand.silhouette(image.size))
+    assert mask.shape == (300, 400) and mask.dtype == np.uint8
+    for x, y in hand.points.round().astype(int):
+        if 0 <= x < 400 and 0 <= y < 300:
+            assert mask[y, x] >= 128
+    assert mask[0, 0] == mask[0, -1] == 0
+    window = np.asarray(hand.silhouette((100, 100), (150, 100)), dtype=int)  # a window of the photo
+    inner = (slice(20, 80), slice(20, 80))  # away from the window's edges, which its blur treats as its own
+    assert np.abs(window[inner] - mask[100:200, 150:250][inner]).max() <= 2
 
 
 def test_signs_photos_are_read_as_they_are():
@@ -94,7 +117,7 @@ def test_an_enlarged_signs_photo_keeps_its_framing():
         _, framing = data.prepare(image)
         assert framing.searched
         if framing.score is not None:
-            overlaps.append(1.0 if framing.crop is None else iou(framing.crop, (0, 0, 256, 256)))
+            overlaps.append(iou(framing.crop, (0, 0, 256, 256)))
     assert len(overlaps) >= 10 and np.median(overlaps) >= 0.6, overlaps
 
 

@@ -20,16 +20,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .hands import FRAMING, HandModelError, find_hand
+from .hands import FRAMING, Hand, HandModelError, find_hand
 
 IMAGE_SIZE = 64
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Refuse images over this many pixels before decoding them (a decompression bomb otherwise).
 MAX_PIXELS = 50_000_000
-# A hand square this large, against the photo's longer side, keeps the photo whole: it is framed already.
-KEEP_WHOLE = 0.8
+# What a found hand is cut out onto: the SIGNS photos' background, the median of their border colours (the
+# network knows hands on it; docs/robustness.md, "Cutting the hand out").
+BACKGROUND = (223, 218, 210)
 PREPROCESSING = {
-    "hand": f"photos larger than the input: cut to a square {FRAMING}x the hand's landmarks (hands.py)",
+    "hand": f"photos larger than the input: the hand cut out from its landmarks onto {BACKGROUND}, in a square "
+            f"{FRAMING}x the landmarks (hands.py)",
     "resize": "pad to square with the median border colour, then Lanczos to the input size",
     "scale": "x / 255",
     "layout": "NCHW float32 RGB",
@@ -137,7 +139,7 @@ class Framing:
     the hand was looked for (photos at the input size or smaller, such as SIGNS', are read as they are);
     `score`: the hand finder's certainty, None when it found no hand; `crop`: the square the network read
     (left, top, right, bottom in the photo's pixels after EXIF orientation; it may reach past the edges,
-    which are filled with the border colour), None when it read the whole photo."""
+    painted like the background), None when it read the whole photo."""
 
     searched: bool = False
     score: float | None = None
@@ -156,18 +158,20 @@ class Framing:
                 "crop": None if self.crop is None else list(self.crop)}
 
 
-def _crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
-    """The box of the photo, the part past its edges filled with its median border colour."""
+def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int]) -> Image.Image:
+    """The box of the photo with everything but the hand (Hand.silhouette) painted BACKGROUND, past the
+    photo's edges too."""
     left, top, right, bottom = box
-    canvas = Image.new("RGB", (right - left, bottom - top), _border_colour(image))
+    size = (right - left, bottom - top)
+    canvas = Image.new("RGB", size, BACKGROUND)
     inside = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
     canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
-    return canvas
+    return Image.composite(canvas, Image.new("RGB", size, BACKGROUND), hand.silhouette(size, (left, top)))
 
 
 def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image, Framing]:
-    """An oriented RGB photo cut to the square around its hand (hands.py), or left whole when it is no larger
-    than `size`, has no hand, or the square would cover most of it anyway."""
+    """An oriented RGB photo as the network reads it: the hand (hands.py) cut out onto SIGNS' background in
+    a square around it, or the photo whole when it is no larger than `size` or has no hand."""
     if max(image.size) <= size:
         return image, Framing()
     hand = find_hand(image)
@@ -177,9 +181,7 @@ def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image,
     left, top, right, bottom = box
     if right <= 0 or bottom <= 0 or left >= image.width or top >= image.height:
         return image, Framing(searched=True)  # points off the photo: no hand in it
-    if right - left >= KEEP_WHOLE * max(image.size):
-        return image, Framing(True, hand.score)
-    return _crop(image, box), Framing(True, hand.score, box)
+    return _cut_out(image, hand, box), Framing(True, hand.score, box)
 
 
 def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,

@@ -5,7 +5,9 @@ wide once the frame is resized, and the network answers from the room. `find_han
 MediaPipe's hand models (Apache-2.0; `fetch_hand_models` takes them from PyPI at set-up into `models/`, and
 they are checked by SHA-256 whenever loaded), run on OpenVINO:
 the palm detector finds the palm, the landmark model then places the hand's 21 points. `Hand.square` frames
-the hand as a square a little larger than those points (docs/robustness.md, "Finding the hand").
+the hand as a square a little larger than those points (docs/robustness.md, "Finding the hand"), and
+`Hand.silhouette` draws the hand's shape from them, so that the room around it can be painted out
+(docs/robustness.md, "Cutting the hand out").
 
 These models only say where the hand is; the answer is the ResNet50's, trained on SIGNS alone.
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 MODELS = Path(__file__).resolve().parent / "models"  # the two .tflite files are fetched, not in git
 PALM_MODEL = MODELS / "palm_detection_full.tflite"
@@ -51,6 +53,14 @@ NMS_OVERLAP = 0.3
 # Chosen with the hold-out model on val_signs photos and measured on the real sets (docs/robustness.md,
 # "Finding the hand").
 FRAMING = 1.5
+# The hand's bones, as pairs of MediaPipe's landmarks (the wrist is 0; each finger four points from its
+# knuckle, the thumb 1-4 ... the little finger 17-20), and the palm's outline.
+BONES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),
+         (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (0, 17), (17, 18), (18, 19), (19, 20))
+PALM = (0, 1, 5, 9, 13, 17)
+KNUCKLES = (5, 9, 13, 17)  # the four fingers' knuckles: their spacing is a finger's width
+# The forearm below the wrist, as SIGNS photos show it: this many palm widths long, and wide.
+ARM_LENGTH, ARM_WIDTH = 4.0, 0.9
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,27 @@ class Hand:
         side = max(1, round(FRAMING * max(right - left, bottom - top)))
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + side, y0 + side
+
+    def silhouette(self, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> Image.Image:
+        """The hand's shape drawn from its points, as a soft 8-bit mask of an image `size` whose top left is
+        at `offset` in the photo: the palm, each bone as wide as a finger (the knuckles' spacing), the forearm
+        below the wrist; its edge blurred over a quarter of a finger."""
+        points = self.points - np.asarray(offset, dtype=np.float32)
+        finger = float(np.mean(np.linalg.norm(np.diff(points[list(KNUCKLES)], axis=0), axis=1)))
+        width = max(1, round(finger))
+        mask = Image.new("L", size, 0)
+        draw = ImageDraw.Draw(mask)
+        draw.polygon([tuple(points[i]) for i in PALM], fill=255)
+        for start, end in BONES:
+            draw.line([tuple(points[start]), tuple(points[end])], fill=255, width=width)
+        for x, y in points:  # round joints
+            draw.ellipse([x - width / 2, y - width / 2, x + width / 2, y + width / 2], fill=255)
+        down = points[0] - points[9]  # from the middle finger's knuckle through the wrist
+        down /= max(float(np.linalg.norm(down)), 1e-6)
+        palm = float(np.linalg.norm(points[5] - points[17]))
+        draw.line([tuple(points[0]), tuple(points[0] + down * ARM_LENGTH * palm)], fill=255,
+                  width=max(1, round(ARM_WIDTH * palm)))
+        return mask.filter(ImageFilter.GaussianBlur(max(1.0, finger / 4)))
 
 
 def _anchors() -> np.ndarray:
