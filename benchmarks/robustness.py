@@ -29,7 +29,7 @@ training photos, so it is not printed). real/ is only measured here: nothing is 
 wrong in red, the hand's square in yellow): DIR/<model>/<set>.png (a sample) and DIR/<model>/<set>_errors.png.
 --framing F ... measures each --model at each framing of the hand (a square F times the hand's landmarks).
 --augmented-grid FILE draws training photos as they are (first row) and three draws of the default
-recipe's augmentation at its first step (its largest background share), seeded.
+recipe's augmentation at its first step (its largest cut-out and background shares), seeded.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from signs_resnet import data, hands, load_model, predict  # noqa: E402
 from signs_resnet.augment import AugmentConfig, augment, composite_backgrounds  # noqa: E402
 from signs_resnet.evaluate import expected_calibration_error  # noqa: E402
-from signs_resnet.train import TrainConfig, fit  # noqa: E402
+from signs_resnet.train import TrainConfig, fit, swap_in_cut_outs  # noqa: E402
 
 REAL_SETS = ("hands_crops", "hands_frames")
 # The share of confident answers that should be right on the shifted SIGNS reference photos.
@@ -262,15 +262,22 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
 
 def augmented_grid(images: torch.Tensor, path: Path, columns: int = 10, draws: int = 3, scale: int = 96) -> None:
     """`columns` evenly spaced photos of `images` (uint8 N x 3 x H x W) as they are, then `draws` rows of the
-    default recipe's augmentation at its first step, as one image file."""
+    default recipe's augmentation at its first step (cut-outs swapped in when the recipe does, then backgrounds
+    and the rest), as one image file."""
     from PIL import Image
 
     recipe = TrainConfig()
     config = AugmentConfig(background_probability=recipe.background_probability,
                            skin_probability=recipe.skin_probability, camera_probability=recipe.camera_probability)
-    photos = data.scale(images[torch.linspace(0, len(images) - 1, columns).long()])
+    chosen = images[torch.linspace(0, len(images) - 1, columns).long()]
+    photos = data.scale(chosen)
+    cut_outs = data.cut_out_photos(chosen)[0] if recipe.cut_out_probability > 0 else None
     generator = torch.Generator().manual_seed(0)
-    rows = [photos] + [augment(photos, generator, config) for _ in range(draws)]
+    rows = [photos]
+    for _ in range(draws):
+        drawn = photos if cut_outs is None else swap_in_cut_outs(photos, cut_outs, recipe.cut_out_probability,
+                                                                  generator)
+        rows.append(augment(drawn, generator, config))
     grid = torch.cat([torch.cat(list(row), 2) for row in rows], 1)  # 3 x (rows * H) x (columns * W)
     pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     picture = Image.fromarray(pixels)

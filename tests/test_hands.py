@@ -99,6 +99,25 @@ def test_the_silhouette_covers_the_hands_points_and_not_the_corners():
     assert np.abs(window[inner] - mask[100:200, 150:250][inner]).max() <= 2
 
 
+def test_training_photos_are_cut_out_as_a_prediction_reads_them_enlarged():
+    """data.cut_out_photos: each SIGNS photo enlarged 4x and through the product's preprocessing (the hand
+    found and cut out), the photo as it is where no hand is found; the same every time."""
+    photos = signs_photos(per_class=2)
+    images = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in photos])).permute(0, 3, 1, 2)
+    cut_outs, found = data.cut_out_photos(images)
+    assert cut_outs.shape == images.shape and cut_outs.dtype == torch.uint8
+    assert len(photos) // 2 <= found < len(photos) + 1
+    changed = 0
+    for image, cut_out in zip(images, cut_outs):
+        enlarged = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((256, 256), Image.Resampling.BICUBIC)
+        pixels, framing = data.frame(enlarged)
+        expected = pixels if framing.crop is not None else image.permute(1, 2, 0).numpy()
+        assert np.array_equal(cut_out.permute(1, 2, 0).numpy(), expected)
+        changed += framing.crop is not None
+    assert changed == found
+    assert torch.equal(data.cut_out_photos(images)[0], cut_outs)
+
+
 def test_signs_photos_are_read_as_they_are():
     """64x64 photos (SIGNS' own, and every model-ready input) are not searched: the network reads the photo."""
     for photo in signs_photos(per_class=2):

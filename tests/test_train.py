@@ -203,10 +203,47 @@ def test_the_model_records_the_precision_it_trained_in(trained):
 def test_the_background_share_is_constant_or_falls_to_zero_by_the_last_step():
     constant = TrainConfig(background_probability=0.6, background_schedule="constant")
     linear = TrainConfig(background_probability=0.6, background_schedule="linear")
-    assert [train.background_share(s, 100, constant) for s in (0, 50, 99)] == [0.6, 0.6, 0.6]
-    assert [train.background_share(s, 100, linear) for s in (0, 50, 100)] == pytest.approx([0.6, 0.3, 0.0])
+    assert [train.scheduled(0.6, s, 100, constant) for s in (0, 50, 99)] == [0.6, 0.6, 0.6]
+    assert [train.scheduled(0.6, s, 100, linear) for s in (0, 50, 100)] == pytest.approx([0.6, 0.3, 0.0])
     with pytest.raises(ValueError, match="background_schedule must be one of constant, linear"):
         train.check_config(TrainConfig(background_schedule="cosine"))
+
+
+class Recorder(torch.nn.Module):
+    """A tiny classifier that keeps every batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 64 * 64, 6)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.linear(x.flatten(1))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_the_cut_out_share_of_each_batch_is_swapped_for_the_photos_cut_out(share):
+    """What the network is given: at share 1 every photo's cut-out, at 0 none, in between about that share,
+    photo for photo (the cut-outs aligned with the photos)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 64, 64), dtype=torch.uint8, generator=generator)
+    cut_outs = 255 - images  # stand-ins: any image per photo, told apart from it
+    labels = torch.randint(0, 6, (64,), generator=generator)
+    model = Recorder()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    config = TrainConfig(augment=False, batch_size=16, cut_out_probability=share, background_schedule="constant",
+                         progress=False)
+    train.train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(1), 0, 4,
+                          torch.device("cpu"), cut_outs=cut_outs)
+    seen = torch.cat(model.seen)
+    originals = data.scale(images).flatten(1)
+    swapped = data.scale(cut_outs).flatten(1)
+    # each row seen is one photo, as it is or cut out
+    is_original = (seen.flatten(1)[:, None] == originals[None]).all(2).any(1)
+    is_cut_out = (seen.flatten(1)[:, None] == swapped[None]).all(2).any(1)
+    assert bool((is_original ^ is_cut_out).all())
+    assert abs(is_cut_out.float().mean().item() - share) <= 0.2
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -217,6 +254,7 @@ def test_the_background_share_is_constant_or_falls_to_zero_by_the_last_step():
     ({"camera_probability": 1.5}, r"camera_probability must be in \[0, 1\], got 1.5"),
     ({"skin_probability": -0.1}, r"skin_probability must be in \[0, 1\], got -0.1"),
     ({"background_probability": -0.1}, "background_probability must be in"),
+    ({"cut_out_probability": 2.0}, r"cut_out_probability must be in \[0, 1\], got 2.0"),
     ({"temperature": 0.0}, "temperature must be above 0"),
 ])
 def test_settings_out_of_range_are_refused_before_training(setting, message):

@@ -37,7 +37,7 @@ class AugmentConfig:
     hue_degrees: float = 15.0
     grayscale_probability: float = 0.15
     # The share of images composited onto a procedural background (0: off, and no random numbers drawn); the
-    # training recipe sets it per step (train.background_share).
+    # training recipe sets it per step (train.scheduled).
     background_probability: float = 0.0
     background_blur_probability: float = 0.3  # of those, how many backgrounds are also blurred
     # Of those, the share that gets each of two skin-coloured shapes (a face, an arm) behind the hand (skin_shapes);

@@ -62,6 +62,11 @@ class TrainConfig:
     # from 0.6 it keeps both (docs/robustness.md, "The default: backgrounds, falling to none").
     background_probability: float = 0.6
     background_schedule: str = "linear"
+    # The share of training images swapped for themselves as `signs predict` reads a photo of them: enlarged 4x,
+    # the hand found and cut out onto SIGNS' background (data.cut_out_photos); it falls with background_schedule.
+    # It teaches the network the shapes the cut-out draws (enlarged SIGNS "0"s read right again) but cost SIGNS'
+    # own photos at every share tried, so off (docs/robustness.md, "Training on the cut-outs"). 0: off.
+    cut_out_probability: float = 0.0
     # Of the composited images, the share that gets each of two skin-coloured shapes (a face, an arm) behind the
     # hand (augment.skin_shapes); 0: off. Within run-to-run noise on the real photos, and at 0.6 it cost SIGNS test
     # photos, so off (docs/robustness.md, "Fifth session: skin-coloured shapes behind the hand").
@@ -93,11 +98,12 @@ def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def background_share(step: int, total_steps: int, config: TrainConfig) -> float:
-    """The share of this step's batch composited onto procedural backgrounds (the schedule checked by check_config)."""
+def scheduled(probability: float, step: int, total_steps: int, config: TrainConfig) -> float:
+    """A share of this step's batch (composited onto backgrounds, or cut out) under config.background_schedule
+    (checked by check_config)."""
     if config.background_schedule == "linear":
-        return config.background_probability * (1 - step / total_steps)
-    return config.background_probability
+        return probability * (1 - step / total_steps)
+    return probability
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -126,6 +132,13 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return data.scale(images).contiguous(memory_format=torch.channels_last)
 
 
+def swap_in_cut_outs(x: torch.Tensor, cut_outs: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A float batch with a random `share` of its photos swapped for their cut-outs (uint8, aligned with it;
+    data.cut_out_photos)."""
+    swapped = (torch.rand(len(x), generator=generator) < share).to(x.device)
+    return torch.where(swapped[:, None, None, None], to_input(cut_outs), x)
+
+
 def steps_per_epoch(num_images: int, config: TrainConfig, context: distributed.Context) -> int:
     local_batch_size = distributed.local_batch_size(config.batch_size, context)
     return math.ceil(distributed.shard_size(num_images, context) / local_batch_size)
@@ -134,9 +147,11 @@ def steps_per_epoch(num_images: int, config: TrainConfig, context: distributed.C
 def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, generator: torch.Generator,
                     first_step: int, total_steps: int, device: torch.device,
                     context: distributed.Context = distributed.Context(),
-                    augment_generator: torch.Generator | None = None) -> dict[str, float]:
+                    augment_generator: torch.Generator | None = None,
+                    cut_outs: torch.Tensor | None = None) -> dict[str, float]:
     """One pass over this process's shard; `generator` shuffles (the same on every process),
-    `augment_generator` (default: `generator`) draws the augmentations. Returns metrics over all processes."""
+    `augment_generator` (default: `generator`) draws the augmentations, `cut_outs` (data.cut_out_photos, aligned
+    with `images`) are swapped in at config.cut_out_probability. Returns metrics over all processes."""
     model.train()
     batch_size = distributed.local_batch_size(config.batch_size, context)
     steps = steps_per_epoch(len(labels), config, context)
@@ -147,9 +162,13 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
     for i in batches:
         index = order[i * batch_size:(i + 1) * batch_size]
         x, y = to_input(images[index]), labels[index]
+        if cut_outs is not None:
+            x = swap_in_cut_outs(x, cut_outs[index], scheduled(config.cut_out_probability, first_step + i,
+                                                              total_steps, config), augment_generator or generator)
         if config.augment:
             x = augment(x, augment_generator or generator,
-                        AugmentConfig(background_probability=background_share(first_step + i, total_steps, config),
+                        AugmentConfig(background_probability=scheduled(config.background_probability,
+                                                                       first_step + i, total_steps, config),
                                       skin_probability=config.skin_probability,
                                       camera_probability=config.camera_probability))
         for group in optimizer.param_groups:
@@ -223,6 +242,7 @@ def check_config(config: TrainConfig) -> None:
               ("temperature", config.temperature > 0, "above 0"),
               ("confidence_threshold", 0 <= config.confidence_threshold <= 1, "in [0, 1]"),
               ("background_probability", 0 <= config.background_probability <= 1, "in [0, 1]"),
+              ("cut_out_probability", 0 <= config.cut_out_probability <= 1, "in [0, 1]"),
               ("skin_probability", 0 <= config.skin_probability <= 1, "in [0, 1]"),
               ("camera_probability", 0 <= config.camera_probability <= 1, "in [0, 1]"),
               ("checkpoint_every_s", config.checkpoint_every_s >= 0, "at least 0")]
@@ -280,6 +300,14 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
         first_epoch, history = resumed["epoch"], resumed["history"]
     network = distributed.wrap(model, device, context)
     images, labels = train_set.images.to(device), train_set.labels.to(device)
+    cut_outs = None
+    if config.augment and config.cut_out_probability > 0:
+        cut_started = time.perf_counter()
+        cut_outs, found = data.cut_out_photos(train_set.images)
+        cut_outs = cut_outs.to(device)
+        if context.is_main:
+            log.info("hands cut out of %d of %d training photos in %.1f s", found, len(cut_outs),
+                     time.perf_counter() - cut_started)
     steps = steps_per_epoch(len(labels), config, context)
     # Checkpoints are encoded between epochs and written to disk while the next epoch trains (encoding
     # in the background too would take CPU time from training's threads and cost far more than it saves).
@@ -293,7 +321,8 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
             epoch_started = time.perf_counter()
             metrics = train_one_epoch(network, optimizer, images, labels, config, generator,
                                       epoch * steps, config.epochs * steps, device, context,
-                                      distributed.augmentation_generator(generator, config.seed, epoch, context))
+                                      distributed.augmentation_generator(generator, config.seed, epoch, context),
+                                      cut_outs)
             if not context.is_main:
                 continue
             row = {"epoch": epoch + 1, "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
