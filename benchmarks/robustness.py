@@ -26,7 +26,8 @@ probability above which those answers are >= 95% right (for a model trained on a
 training photos, so it is not printed). real/ is only measured here: nothing is fitted to it.
 
 --out DIR writes results.json, and for each model grids of real photos with its answers (right in green,
-wrong in red, the hand's square in yellow): DIR/<model>/<set>.png (a sample) and DIR/<model>/<set>_errors.png.
+wrong in red, the hand's square in yellow): DIR/<model>/<set>.png (a sample), DIR/<model>/<set>_read.png (the
+same photos as the network read them: the hand cut out) and DIR/<model>/<set>_errors.png.
 --framing F ... measures each --model at each framing of the hand (a square F times the hand's landmarks).
 --augmented-grid FILE draws training photos as they are (first row) and three draws of the default
 recipe's augmentation at its first step (its largest cut-out and background shares), seeded.
@@ -226,10 +227,11 @@ def shifted_reference(val: data.Dataset, copies: int = REFERENCE_COPIES) -> Phot
 
 
 def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[str], path: Path,
-                 which: torch.Tensor | None = None, columns: int = 10, rows: int = 6) -> None:
+                 which: torch.Tensor | None = None, columns: int = 10, rows: int = 6, as_read: bool = False) -> None:
     """A grid of photos (the files as they are, with the square the model read where the hand finder cut
-    one) titled with the model's answer and its probability: green when right, red when wrong; "no hand"
-    when the finder found none. `which` picks the photos (default: an even sample of all)."""
+    one; with `as_read`, the 64x64 images the network read instead) titled with the model's answer and its
+    probability: green when right, red when wrong; "no hand" when the finder found none. `which` picks the
+    photos (default: an even sample of all)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,17 +246,19 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
     for axis in axes.flat:
         axis.axis("off")
     for axis, i in zip(axes.flat, which.tolist()):
-        image = Image.open(photos.files[i]).convert("RGB") if photos.files else photos.images[i].permute(1, 2, 0).numpy()
+        from_file = photos.files and not as_read
+        image = Image.open(photos.files[i]).convert("RGB") if from_file else photos.images[i].permute(1, 2, 0).numpy()
         axis.imshow(image)
         right = predicted[i] == photos.labels[i]
         framing = photos.framings[i] if photos.framings else data.Framing()
-        if framing.crop:
+        if framing.crop and from_file:
             left, top_edge, right_edge, bottom = framing.crop
             axis.add_patch(plt.Rectangle((left, top_edge), right_edge - left, bottom - top_edge, fill=False,
                                          edgecolor="yellow", linewidth=1))
         axis.set_title(f"{classes[photos.labels[i]]} -> {classes[predicted[i]]} {top[i]:.0%}"
                        f"{'' if framing.hand_found else ' no hand'}", fontsize=7, color="green" if right else "red")
-    figure.suptitle(f"{photos.name}: true -> answer (probability)", fontsize=9)
+    figure.suptitle(f"{photos.name}{' as the network read them' if as_read else ''}: true -> answer (probability)",
+                    fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
@@ -308,6 +312,7 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
                     | summarise(probabilities, photos.labels, model.classes, threshold, photos.hands_found()))
         if out and photos.files:
             plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}.png")
+            plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}_read.png", as_read=True)
             wrong = torch.nonzero(probabilities.argmax(1) != photos.labels).flatten()
             plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}_errors.png", wrong)
     return rows

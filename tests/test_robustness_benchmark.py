@@ -78,6 +78,10 @@ def test_answer_grid_is_written(tmp_path):
     path = tmp_path / "grid" / "synthetic.png"
     robustness.plot_answers(photos, one_hot_ish([0, 1, 0, 0, 2], [0.9] * 5), CLASSES, path, columns=3, rows=2)
     assert path.stat().st_size > 1000
+    read = tmp_path / "grid" / "read.png"
+    robustness.plot_answers(photos, one_hot_ish([0, 1, 0, 0, 2], [0.9] * 5), CLASSES, read, columns=3, rows=2,
+                            as_read=True)
+    assert read.stat().st_size > 1000
 
 
 def test_augmented_grid_shows_the_photos_then_their_augmentations(tmp_path):
