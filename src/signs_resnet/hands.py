@@ -61,6 +61,9 @@ PALM = (0, 1, 5, 9, 13, 17)
 KNUCKLES = (5, 9, 13, 17)  # the four fingers' knuckles: their spacing is a finger's width
 # The forearm below the wrist, as SIGNS photos show it: this many palm widths long, and wide.
 ARM_LENGTH, ARM_WIDTH = 4.0, 0.9
+# The least finger and palm widths, as shares of the palm's length (wrist to middle knuckle): about a
+# front-on hand's own proportions.
+MIN_FINGER, MIN_PALM = 0.2, 0.6
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,12 @@ class Hand:
         at `offset` in the photo: the palm, each bone as wide as a finger (the knuckles' spacing), the forearm
         below the wrist; its edge blurred over a quarter of a finger."""
         points = self.points - np.asarray(offset, dtype=np.float32)
-        finger = float(np.mean(np.linalg.norm(np.diff(points[list(KNUCKLES)], axis=0), axis=1)))
+        # Widths from the knuckles' spacing, but at least a share of the palm's length (wrist to middle
+        # knuckle), which a hand seen from the side (a fist, an O) keeps while its knuckles line up.
+        length = float(np.linalg.norm(points[9] - points[0]))
+        finger = max(float(np.mean(np.linalg.norm(np.diff(points[list(KNUCKLES)], axis=0), axis=1))),
+                     MIN_FINGER * length)
+        palm = max(float(np.linalg.norm(points[5] - points[17])), MIN_PALM * length)
         width = max(1, round(finger))
         mask = Image.new("L", size, 0)
         draw = ImageDraw.Draw(mask)
@@ -101,7 +109,6 @@ class Hand:
             draw.ellipse([x - width / 2, y - width / 2, x + width / 2, y + width / 2], fill=255)
         down = points[0] - points[9]  # from the middle finger's knuckle through the wrist
         down /= max(float(np.linalg.norm(down)), 1e-6)
-        palm = float(np.linalg.norm(points[5] - points[17]))
         draw.line([tuple(points[0]), tuple(points[0] + down * ARM_LENGTH * palm)], fill=255,
                   width=max(1, round(ARM_WIDTH * palm)))
         return mask.filter(ImageFilter.GaussianBlur(max(1.0, finger / 4)))
