@@ -262,3 +262,29 @@ def test_a_hand_seen_from_the_side_keeps_a_body_and_degenerate_points_do_not_fai
     blob = np.asarray(hands.Hand(np.full((21, 2), 50.0, np.float32), 0.9).silhouette((100, 100)))
     assert blob.shape == (100, 100) and 0 < int((blob > 0).sum()) < 400
 
+
+def found(points: np.ndarray):
+    """A stand-in for the finder that finds these points in any photo (for geometry the models never give)."""
+    return lambda image: hands.Hand(np.asarray(points, np.float32), 0.9)
+
+
+def test_points_off_the_photo_are_no_hand_even_when_their_square_reaches_into_it(monkeypatch):
+    points = np.stack([np.linspace(-60, -5, 21), np.linspace(100, 200, 21)], 1)  # left of the photo
+    monkeypatch.setattr(data, "find_hand", found(points))
+    image = Image.new("RGB", (400, 300), (90, 120, 60))
+    _, framing = data.prepare(image)
+    assert framing.searched and not framing.hand_found and framing.crop is None
+
+
+def test_a_close_up_in_a_huge_photo_is_cut_from_a_reduced_copy(monkeypatch):
+    """A hand that fills a 6000x6000 photo: the square (9000 pixels a side) is cut from the photo reduced,
+    not built at full size; the network still reads the hand's own pixels in the middle."""
+    side = 6000
+    points = np.stack([np.full(21, side / 2), np.linspace(side - 10, 10, 21)], 1)
+    monkeypatch.setattr(data, "find_hand", found(points))
+    image = Image.new("RGB", (side, side), (200, 150, 120))
+    pixels, framing = data.frame(image)
+    left, top, right, bottom = framing.crop
+    assert right - left >= side and framing.hand_found
+    assert np.abs(pixels[32, 32].astype(int) - np.array([200, 150, 120])).max() <= 8  # the hand, its edge blurred
+    assert np.abs(pixels[2, 2].astype(int) - np.array(data.BACKGROUND)).max() <= 2  # past the photo's edge

@@ -158,9 +158,15 @@ class Framing:
                 "crop": None if self.crop is None else list(self.crop)}
 
 
-def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int]) -> Image.Image:
+def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], size: int) -> Image.Image:
     """The box of the photo with everything but the hand (Hand.silhouette) painted BACKGROUND, past the
-    photo's edges too."""
+    photo's edges too. A box many times larger than `size` is cut from the photo reduced by a whole factor
+    first (to 4-8 times `size`, plenty for the resize to `size`): a close-up in a huge photo never builds a
+    huge canvas, and a phone photo's silhouette is drawn and blurred at a few hundred pixels, not thousands."""
+    factor = (box[2] - box[0]) // (4 * size)
+    if factor >= 2:
+        image, hand = image.reduce(factor), Hand(hand.points / factor, hand.score)
+        box = tuple(round(v / factor) for v in box)
     left, top, right, bottom = box
     size = (right - left, bottom - top)
     canvas = Image.new("RGB", size, BACKGROUND)
@@ -177,16 +183,16 @@ def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image,
     hand = find_hand(image)
     if hand is None:
         return image, Framing(searched=True)
-    box = hand.square()
-    left, top, right, bottom = box
+    left, top, right, bottom = hand.box
     if right <= 0 or bottom <= 0 or left >= image.width or top >= image.height:
         return image, Framing(searched=True)  # points off the photo: no hand in it
-    return _cut_out(image, hand, box), Framing(True, hand.score, box)
+    box = hand.square()
+    return _cut_out(image, hand, box, size), Framing(True, hand.score, box)
 
 
 def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
           max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Framing]:
-    """Decode, apply EXIF orientation, convert to RGB, cut to the hand, pad to square, resize:
+    """Decode, apply EXIF orientation, convert to RGB, cut the hand out, pad to square, resize:
     uint8 size x size x 3, and where the network looked."""
     name = str(source) if isinstance(source, (str, Path)) else "image"
     image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
@@ -212,7 +218,7 @@ def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE
 
 
 def cut_out_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tensor, int]:
-    """Training photos (uint8 N x 3 x H x W) as the product reads them at a camera's resolution: each
+    """Square training photos (uint8 N x 3 x S x S) as the product reads them at a camera's resolution: each
     enlarged `factor` times (bicubic) and through `frame` (its hand found and cut out onto BACKGROUND), or
     the photo as it is where no hand is found; and how many hands were found. The finder's threads share
     the work."""

@@ -15,8 +15,9 @@ class HandFound(BaseModel):
                                     "and the answer is not confident")
     score: float | None = Field(None, description="the hand finder's certainty, 0 to 1")
     crop: list[int] | None = Field(None, description="the square the model read: left, top, right, bottom in the "
-                                                     "photo's pixels (after EXIF orientation; it may reach past the edges), the hand cut out of it onto "
-                                                     "SIGNS' background; null: no hand, the whole photo")
+                                                     "photo's pixels (after EXIF orientation; it may reach past "
+                                                     "the edges), the hand cut out of it onto SIGNS' background; "
+                                                     "null: no hand, the whole photo")
 
 
 class ImageResult(BaseModel):
