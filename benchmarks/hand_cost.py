@@ -4,9 +4,10 @@
 
 For three photos people send (a 64x64 SIGNS JPEG, what the load benchmark posts; a 400x300 webcam frame
 from real/hands_frames; the 1080x1440 phone photo sample.jpg), the median over `rounds` of the mean time of
-`repeats` calls of `data.prepare` on the file's bytes, in one thread, with the finder as shipped and with it
-switched off (`frame_hand` replaced by "read the whole photo"), the two alternating round by round so
-that both see the same machine. The finder's first call (compiling its models, about 0.2 s) is made
+`repeats` calls of `data.prepare` on the file's bytes, in one thread, with the finder as shipped (the hand
+found and cut out), with the finder but no cut-out (`_cut_out` replaced by a plain crop of the square) and
+with it switched off (`frame_hand` replaced by "read the whole photo"), the three alternating round by
+round so that all see the same machine. The finder's first call (compiling its models, about 0.2 s) is made
 before timing, as the server does at start-up.
 """
 
@@ -39,6 +40,11 @@ def whole_photo(image, size=data.IMAGE_SIZE):
     return image, data.Framing()
 
 
+def square_only(image, hand, box, size=data.IMAGE_SIZE):
+    """The square around the hand as it is in the photo, the room left in (the finder without the cut-out)."""
+    return image.crop(box)
+
+
 def mean_seconds(blob: bytes, repeats: int) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
@@ -55,21 +61,23 @@ def main() -> None:
 
     torch.set_num_threads(1)
     hands.finder()
-    shipped = data.frame_hand
+    shipped, cut_out = data.frame_hand, data._cut_out
+    arms = {"without": (whole_photo, cut_out), "square": (shipped, square_only), "with": (shipped, cut_out)}
     print(f"{cpu_name()}; medians of {args.rounds} rounds "
           f"x {args.repeats} calls of data.prepare, one thread")
-    print(f"{'photo':<48} {'without (ms)':>13} {'with (ms)':>10} {'ratio':>6} {'found':>6}")
+    print(f"{'photo':<48} {'without (ms)':>13} {'square, no cut-out (ms)':>24} {'with (ms)':>10} {'ratio':>6} "
+          f"{'found':>6}")
     for name, blob in photos().items():
-        timings = {"without": [], "with": []}
+        timings = {arm: [] for arm in arms}
         for _ in range(args.rounds):
-            for arm, frame_hand in (("without", whole_photo), ("with", shipped)):
-                data.frame_hand = frame_hand
+            for arm, (data.frame_hand, data._cut_out) in arms.items():
                 timings[arm].append(mean_seconds(blob, args.repeats))
-        data.frame_hand = shipped
-        without, with_finder = (statistics.median(timings[arm]) * 1000 for arm in ("without", "with"))
+        data.frame_hand, data._cut_out = shipped, cut_out
+        without, square, with_finder = (statistics.median(timings[arm]) * 1000 for arm in arms)
         framing = data.prepare(blob)[1]
         found = "-" if not framing.searched else ("yes" if framing.score is not None else "no")
-        print(f"{name:<48} {without:>13.2f} {with_finder:>10.2f} {with_finder / without:>5.2f}x {found:>6}")
+        print(f"{name:<48} {without:>13.2f} {square:>24.2f} {with_finder:>10.2f} {with_finder / without:>5.2f}x "
+              f"{found:>6}")
 
 
 if __name__ == "__main__":
