@@ -246,7 +246,7 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
     for axis in axes.flat:
         axis.axis("off")
     for axis, i in zip(axes.flat, which.tolist()):
-        from_file = photos.files and not as_read
+        from_file = bool(photos.files) and not as_read
         image = Image.open(photos.files[i]).convert("RGB") if from_file else photos.images[i].permute(1, 2, 0).numpy()
         axis.imshow(image)
         right = predicted[i] == photos.labels[i]

@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: %(default)s)")
     train.add_argument("--cut-out-probability", type=float, default=defaults.cut_out_probability,
                        help="share of each batch swapped for the photos' hands found and cut out as predictions "
-                            "read them, falling like the backgrounds (docs/robustness.md) (default: %(default)g)")
+                            "read them, falling like the backgrounds; an augmentation, so not with --no-augment "
+                            "(docs/robustness.md) (default: %(default)g)")
     train.add_argument("--skin-probability", type=float, default=defaults.skin_probability,
                        help="share of those composited photos given skin-coloured shapes (a face, an arm) behind "
                             "the hand (docs/robustness.md) (default: %(default)g)")
