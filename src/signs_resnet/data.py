@@ -1,7 +1,7 @@
 """SIGNS data: the original HDF5 files or folders of images, and the one preprocessing path.
 
 Every image the model sees, in training, evaluation, prediction and the API, goes through
-`frame` (decode, orient, convert, cut to the hand, pad to square, resize to uint8) and `scale` (uint8 ->
+`frame` (decode, orient, convert, cut the hand out, pad to square, resize to uint8) and `scale` (uint8 ->
 float in [0, 1], the original's /255). `prepare` is the two together for a single image, with where the
 network looked (`Framing`); `prepare_image` is its image alone.
 """

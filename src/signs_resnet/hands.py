@@ -61,8 +61,8 @@ PALM = (0, 1, 5, 9, 13, 17)
 KNUCKLES = (5, 9, 13, 17)  # the four fingers' knuckles: their spacing is a finger's width
 # The forearm below the wrist, as SIGNS photos show it: this many palm widths long, and wide.
 ARM_LENGTH, ARM_WIDTH = 4.0, 0.9
-# The least finger and palm widths, as shares of the palm's length (wrist to middle knuckle): about a
-# front-on hand's own proportions.
+# The least finger and palm widths, as shares of the palm's length (wrist to middle knuckle): below all but
+# the narrowest front-on SIGNS hands, above a fist's (docs/robustness.md, "Cutting the hand out").
 MIN_FINGER, MIN_PALM = 0.2, 0.6
 
 
