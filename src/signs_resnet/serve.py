@@ -40,7 +40,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from . import __version__, kserve
 from .batching import predict
-from .data import Framing, ImageError, open_image, prepare, prepare_image
+from .data import Framing, ImageError, open_image, prepare_image
 from .engines import Engine
 from .errors import HTTP_CODES, ApiError, decode_error, error_response
 from .guards import LimitBody, RequestTimeout, api_key_check, bearer_token, check_api_key
@@ -48,6 +48,7 @@ from .metrics import Observe
 from .runtime import INLINE_DECODE_MAX_PIXELS, AppRuntime, Runtime, load_model
 from .schemas import ErrorResponse, Health, PredictResponse, Readiness
 from .settings import ServeSettings
+from .tensors import prepare_images
 from .uploads import image_uploads, multipart_boundary
 
 __all__ = ["INLINE_DECODE_MAX_PIXELS", "PredictResponse", "ServeSettings", "create_app", "load_model", "predict",
@@ -135,15 +136,9 @@ async def predict_route(request: Request) -> JSONResponse:
             raise decode_error(index, name, error) from None
 
     def prepare_all() -> tuple[torch.Tensor, tuple[list[Framing], list[str] | None]]:
-        images, framings = [], []
-        for index, ((name, _), image) in enumerate(zip(uploads, opened)):
-            try:
-                prepared, framing = prepare(image, engine.model.image_size, settings.max_pixels)
-            except ImageError as error:
-                raise decode_error(index, name, error) from None
-            images.append(prepared)
-            framings.append(framing)
-        return torch.stack(images), (framings, [_png_data_url(image) for image in images] if include_image else None)
+        images, framings = prepare_images(opened, engine.model.image_size, settings.max_pixels,
+                                          [name for name, _ in uploads])
+        return images, (framings, [_png_data_url(image) for image in images] if include_image else None)
 
     # Small photos decode on the event loop; never one the hand finder's two networks would run on.
     inline = (sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS

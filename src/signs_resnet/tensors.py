@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .data import ImageError, prepare
+from .data import Framing, ImageError, prepare
 from .engines import Engine
 from .errors import ApiError, decode_error
 from .predict import LoadedModel
@@ -111,16 +112,25 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine,
         files = _byte_elements(tensor)
         if len(files) != count or not files:
             raise ApiError(400, "invalid_shape", f"shape {tensor.shape} does not match {len(files)} images")
-        images, hands = [], []
-        for index, blob in enumerate(files):
-            try:
-                image, framing = prepare(blob, height, settings.max_pixels)
-            except ImageError as error:
-                raise decode_error(index, None, error) from None
-            images.append(image)
-            hands.append(framing.hand_found)
-        return torch.stack(images), hands
+        images, framings = prepare_images(files, height, settings.max_pixels)
+        return images, [framing.hand_found for framing in framings]
     raise ApiError(400, "invalid_datatype", f"datatype must be FP32 or BYTES, got {tensor.datatype!r}")
+
+
+def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels: int,
+                   names: Sequence[str | None] | None = None) -> tuple[torch.Tensor, list[Framing]]:
+    """A request's images through data.prepare, as /predict and the v2 "image" input both take them: the
+    batch N x 3 x size x size and where each one's hand was found; the first that does not decode is the API
+    error naming it (its index, and its name when it has one)."""
+    images, framings = [], []
+    for index, source in enumerate(sources):
+        try:
+            image, framing = prepare(source, size, max_pixels)
+        except ImageError as error:
+            raise decode_error(index, names[index] if names else None, error) from None
+        images.append(image)
+        framings.append(framing)
+    return torch.stack(images), framings
 
 
 def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str],
