@@ -168,11 +168,12 @@ def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], siz
         image, hand = image.reduce(factor), Hand(hand.points / factor, hand.score)
         box = tuple(round(v / factor) for v in box)
     left, top, right, bottom = box
-    size = (right - left, bottom - top)
-    canvas = Image.new("RGB", size, BACKGROUND)
+    canvas = Image.new("RGB", (right - left, bottom - top), BACKGROUND)
     inside = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
-    canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
-    return Image.composite(canvas, Image.new("RGB", size, BACKGROUND), hand.silhouette(size, (left, top)))
+    window = (inside[0] - left, inside[1] - top, inside[2] - left, inside[3] - top)  # the photo's part of it
+    silhouette = hand.silhouette(canvas.size, (left, top)).crop(window)
+    canvas.paste(image.crop(inside), window[:2], silhouette)  # the photo through the silhouette
+    return canvas
 
 
 def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image, Framing]:
