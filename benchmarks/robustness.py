@@ -245,8 +245,8 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.45))
     for axis in axes.flat:
         axis.axis("off")
+    from_file = bool(photos.files) and not as_read
     for axis, i in zip(axes.flat, which.tolist()):
-        from_file = bool(photos.files) and not as_read
         image = Image.open(photos.files[i]).convert("RGB") if from_file else photos.images[i].permute(1, 2, 0).numpy()
         axis.imshow(image)
         right = predicted[i] == photos.labels[i]
