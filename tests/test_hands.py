@@ -119,6 +119,36 @@ def test_training_photos_are_cut_out_as_a_prediction_reads_them_enlarged():
     assert torch.equal(data.cut_out_photos(images)[0], cut_outs)
 
 
+def test_a_five_without_its_thumb_keeps_the_rest_of_the_photo():
+    """data.thumbless_photos: in SIGNS 5s the thumb (where its tip was) is painted like the wall beside the
+    hand, while the fingers' tips and the photo's far corners keep their pixels; a photo with no hand comes
+    back as it is; the same every time."""
+    fives = [photo for photo in signs_photos(per_class=6) if photo.name[0] == "5"]
+    images = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in fives])).permute(0, 3, 1, 2)
+    wall = torch.full((1, 3, 64, 64), 200, dtype=torch.uint8)
+    painted, found = data.thumbless_photos(torch.cat([images, wall]))
+    assert painted.dtype == torch.uint8 and painted.shape == (len(fives) + 1, 3, 64, 64)
+    assert not found[-1] and torch.equal(painted[-1], wall[0])
+    assert int(found.sum()) >= len(fives) - 1
+    for image, thumbless, hand_found, photo in zip(images, painted, found, fives):
+        if not hand_found:
+            assert torch.equal(thumbless, image)
+            continue
+        big = Image.open(photo).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC)
+        points = hands.find_hand(big).points / 4
+        changed = (thumbless.int() - image.int()).abs().sum(0)
+        tip = points[4].round().astype(int).clip(0, 63)
+        assert changed[tip[1], tip[0]] > 30, f"{photo.name}: the thumb's tip is still there"
+        for finger in (8, 12, 16, 20):  # the fingers' tips
+            x, y = points[finger].round().astype(int).clip(0, 63)
+            assert changed[y, x] <= 6, f"{photo.name}: finger tip {finger} was painted"
+        assert (changed > 0).float().mean() < 0.2
+        # painted towards the wall: the thumb's tip ends up close in colour to the photo's own border
+        border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], 1).float().median(1).values
+        assert (thumbless[:, tip[1], tip[0]].float() - border).abs().max() < 40
+    assert torch.equal(data.thumbless_photos(images)[0], painted[:-1])
+
+
 def test_signs_photos_are_read_as_they_are():
     """64x64 photos (SIGNS' own, and every model-ready input) are not searched: the network reads the photo."""
     for photo in signs_photos(per_class=2):

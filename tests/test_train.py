@@ -246,6 +246,41 @@ def test_the_cut_out_share_of_each_batch_is_swapped_for_the_photos_cut_out(share
     assert abs(is_cut_out.float().mean().item() - share) <= 0.2
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_the_thumbless_share_of_the_fours_is_swapped_for_fives_without_a_thumb(share, monkeypatch):
+    """What the network is given and told: at share 1 every 4 is a thumbless 5 (drawn from all of them), at 0
+    none, in between about that share; the labels and every other class as they are."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (96, 3, 64, 64), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(96) % 6
+    thumbless = train.Thumbless(torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8, generator=generator), 4)
+    model = Recorder()
+    told = []
+    loss = train.F.cross_entropy
+    monkeypatch.setattr(train.F, "cross_entropy", lambda logits, y, **kw: told.append(y) or loss(logits, y, **kw))
+    config = TrainConfig(augment=False, batch_size=16, thumbless_probability=share, progress=False)
+    train.train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), images, labels, config,
+                          torch.Generator().manual_seed(1), 0, 6, torch.device("cpu"), thumbless=thumbless)
+    seen, told = torch.cat(model.seen).flatten(1), torch.cat(told)
+    originals = (seen[:, None] == data.scale(images).flatten(1)[None]).all(2)
+    painted = (seen[:, None] == data.scale(thumbless.images).flatten(1)[None]).all(2)
+    assert bool((originals.any(1) ^ painted.any(1)).all())
+    assert torch.equal(told[originals.any(1)], labels[originals.float().argmax(1)][originals.any(1)])
+    assert bool((told[painted.any(1)] == 4).all())
+    assert sorted(told.tolist()) == sorted(labels.tolist())  # each photo once, its label kept
+    assert abs(painted.any(1).sum().item() / (labels == 4).sum().item() - share) <= 0.25
+    if share == 1.0:
+        assert len(set(painted.float().argmax(1)[painted.any(1)].tolist())) > 1  # drawn, not always the first
+
+
+def test_thumbless_needs_the_classes_four_and_five():
+    images = torch.zeros((4, 3, 64, 64), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="needs the classes 4 and 5"):
+        train.Thumbless.of(images, torch.tensor([0, 1, 0, 1]), ["cat", "dog"])
+    with pytest.raises(ValueError, match="no hand was found in any photo of a 5"):
+        train.Thumbless.of(images, torch.tensor([4, 5, 4, 5]), list("012345"))
+
+
 @pytest.mark.parametrize("setting, message", [
     ({"epochs": 0}, "epochs must be at least 1, got 0"),
     ({"batch_size": -1}, "batch_size must be at least 1"),
@@ -255,6 +290,7 @@ def test_the_cut_out_share_of_each_batch_is_swapped_for_the_photos_cut_out(share
     ({"skin_probability": -0.1}, r"skin_probability must be in \[0, 1\], got -0.1"),
     ({"background_probability": -0.1}, "background_probability must be in"),
     ({"cut_out_probability": 2.0}, r"cut_out_probability must be in \[0, 1\], got 2.0"),
+    ({"thumbless_probability": 1.5}, r"thumbless_probability must be in \[0, 1\], got 1.5"),
     ({"temperature": 0.0}, "temperature must be above 0"),
 ])
 def test_settings_out_of_range_are_refused_before_training(setting, message):

@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of each batch swapped for the photos' hands found and cut out as predictions "
                             "read them, falling like the backgrounds; an augmentation, so not with --no-augment "
                             "(docs/robustness.md) (default: %(default)g)")
+    train.add_argument("--thumbless-probability", type=float, default=defaults.thumbless_probability,
+                       help="share of the 4s in each batch swapped for a 5 with the thumb painted out; an "
+                            "augmentation, so not with --no-augment (docs/robustness.md) "
+                            "(default: %(default)g)")
     train.add_argument("--skin-probability", type=float, default=defaults.skin_probability,
                        help="share of those composited photos given skin-coloured shapes (a face, an arm) behind "
                             "the hand (docs/robustness.md) (default: %(default)g)")

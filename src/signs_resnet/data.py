@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import h5py
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .hands import FRAMING, Hand, HandModelError, find_hand
 
@@ -29,6 +29,8 @@ MAX_PIXELS = 50_000_000
 # What a found hand is cut out onto: the SIGNS photos' background, the median of their border colours (the
 # network knows hands on it; docs/robustness.md, "Cutting the hand out").
 BACKGROUND = (223, 218, 210)
+# The wall behind a painted-out thumb (thumbless_photos): a blur this share of the photo's side wide.
+WALL_BLUR = 0.1
 PREPROCESSING = {
     "hand": f"photos larger than the input: the hand cut out from its landmarks onto {BACKGROUND}, in a square "
             f"{FRAMING}x the landmarks (hands.py)",
@@ -236,6 +238,44 @@ def cut_out_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tensor,
         done = list(pool.map(cut, images.cpu()))
     cut_outs = torch.from_numpy(np.stack([pixels for pixels, _ in done])).permute(0, 3, 1, 2).contiguous()
     return cut_outs, sum(found for _, found in done)
+
+
+def thumbless_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Square training photos (uint8 N x 3 x S x S) with the thumb painted out, and which of them had a hand
+    found (the others come back as they are). A SIGNS "5" without its thumb is a "4" as people show it, the
+    thumb folded out of sight, which SIGNS' own 4s (thumb across the palm) never show (docs/robustness.md,
+    "A 5 without its thumb"). Each photo is enlarged `factor` times for the landmark models; the thumb's
+    shape (Hand.silhouette less Hand.without_thumb's) is drawn there, reduced to the photo and filled with
+    the wall around the hand: a blur of the photo weighted away from the hand's silhouette."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .augment import gaussian_blur
+
+    size = images.shape[-1]
+    big = (size * factor, size * factor)
+
+    def masks(image: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        hand = find_hand(Image.fromarray(image.permute(1, 2, 0).numpy()).resize(big, Image.Resampling.BICUBIC))
+        if hand is None:
+            return None
+        whole, rest = hand.silhouette(big), hand.without_thumb().silhouette(big)
+        thumb = ImageChops.subtract(whole, rest, scale=0.5)  # twice the difference: the thumb's edge too
+        thumb = thumb.filter(ImageFilter.MaxFilter(2 * factor + 1)).resize((size, size), Image.Resampling.BOX)
+        return (np.asarray(thumb, np.float32) / 255,
+                np.asarray(whole.resize((size, size), Image.Resampling.BOX), np.float32) / 255)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        done = list(pool.map(masks, images.cpu()))
+    found = torch.tensor([m is not None for m in done], dtype=torch.bool)
+    empty = np.zeros((size, size), np.float32)
+    thumb = torch.from_numpy(np.stack([m[0] if m else empty for m in done]))[:, None]
+    hand = torch.maximum(torch.from_numpy(np.stack([m[1] if m else empty for m in done]))[:, None], thumb)
+    photos = images.cpu().float()
+    away = (1 - hand) ** 4  # the wall's weight: nothing on the hand, nothing near its blurred edge
+    sigma = torch.full((len(photos),), WALL_BLUR * size)
+    wall = gaussian_blur(photos * away, sigma) / gaussian_blur(away, sigma).clamp(min=1e-4)
+    painted = photos * (1 - thumb) + wall * thumb
+    return painted.round().clamp(0, 255).to(torch.uint8), found
 
 
 def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,

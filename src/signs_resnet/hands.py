@@ -88,6 +88,12 @@ class Hand:
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + side, y0 + side
 
+    def without_thumb(self) -> Hand:
+        """The same hand with its thumb folded away: the thumb's three outer points moved onto its base."""
+        points = self.points.copy()
+        points[2:5] = points[1]
+        return Hand(points, self.score)
+
     def silhouette(self, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> Image.Image:
         """The hand's shape drawn from its points, as a soft 8-bit mask of an image `size` whose top left is
         at `offset` in the photo: the palm, each bone as wide as a finger (the knuckles' spacing), the forearm

@@ -67,6 +67,10 @@ class TrainConfig:
     # It teaches the network the shapes the cut-out draws (enlarged SIGNS "0"s read right again) but cost SIGNS'
     # own photos at every share tried, so off (docs/robustness.md, "Training on the cut-outs"). 0: off.
     cut_out_probability: float = 0.0
+    # The share of the 4s in each batch swapped for a 5 with the thumb painted out (data.thumbless_photos):
+    # people show a 4 with the thumb folded out of sight, SIGNS shows it across the palm, and the network read
+    # real 4s as 5s (docs/robustness.md, "A 5 without its thumb"). 0: off.
+    thumbless_probability: float = 0.0
     # Of the composited images, the share that gets each of two skin-coloured shapes (a face, an arm) behind the
     # hand (augment.skin_shapes); 0: off. Within run-to-run noise on the real photos, and at 0.6 it cost SIGNS test
     # photos, so off (docs/robustness.md, "Fifth session: skin-coloured shapes behind the hand").
@@ -139,6 +143,31 @@ def swap_in_cut_outs(x: torch.Tensor, cut_outs: torch.Tensor, share: float, gene
     return torch.where(swapped[:, None, None, None], to_input(cut_outs), x)
 
 
+@dataclass(frozen=True)
+class Thumbless:
+    """The training set's 5s with the thumb painted out (data.thumbless_photos, those whose hand was found),
+    and the class they show then ("4")."""
+
+    images: torch.Tensor
+    label: int
+
+    @classmethod
+    def of(cls, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Thumbless:
+        if "4" not in classes or "5" not in classes:
+            raise ValueError(f"thumbless_probability needs the classes 4 and 5 (SIGNS'), not {classes}")
+        painted, found = data.thumbless_photos(images[labels.cpu() == classes.index("5")].cpu())
+        if not found.any():
+            raise ValueError("thumbless_probability: no hand was found in any photo of a 5")
+        return cls(painted[found], classes.index("4"))
+
+    def swap_in(self, x: torch.Tensor, y: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+        """A float batch with a random `share` of its photos of this class each swapped for a thumbless 5
+        drawn at random: the class keeps its share of the batch, and its photos are SIGNS' and these."""
+        swapped = (torch.rand(len(x), generator=generator) < share).to(x.device) & (y == self.label)
+        drawn = torch.randint(len(self.images), (len(x),), generator=generator).to(x.device)
+        return torch.where(swapped[:, None, None, None], to_input(self.images.to(x.device)[drawn]), x)
+
+
 def steps_per_epoch(num_images: int, config: TrainConfig, context: distributed.Context) -> int:
     local_batch_size = distributed.local_batch_size(config.batch_size, context)
     return math.ceil(distributed.shard_size(num_images, context) / local_batch_size)
@@ -148,10 +177,12 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
                     first_step: int, total_steps: int, device: torch.device,
                     context: distributed.Context = distributed.Context(),
                     augment_generator: torch.Generator | None = None,
-                    cut_outs: torch.Tensor | None = None) -> dict[str, float]:
+                    cut_outs: torch.Tensor | None = None,
+                    thumbless: Thumbless | None = None) -> dict[str, float]:
     """One pass over this process's shard; `generator` shuffles (the same on every process),
     `augment_generator` (default: `generator`) draws the augmentations, `cut_outs` (data.cut_out_photos, aligned
-    with `images`) are swapped in at config.cut_out_probability. Returns metrics over all processes."""
+    with `images`) are swapped in at config.cut_out_probability, and `thumbless` 5s for 4s at
+    config.thumbless_probability. Returns metrics over all processes."""
     model.train()
     batch_size = distributed.local_batch_size(config.batch_size, context)
     steps = steps_per_epoch(len(labels), config, context)
@@ -165,6 +196,9 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
         if cut_outs is not None:
             x = swap_in_cut_outs(x, cut_outs[index], scheduled(config.cut_out_probability, first_step + i,
                                                               total_steps, config), augment_generator or generator)
+        if thumbless is not None:
+            x = thumbless.swap_in(x, y, scheduled(config.thumbless_probability, first_step + i, total_steps, config),
+                                  augment_generator or generator)
         if config.augment:
             x = augment(x, augment_generator or generator,
                         AugmentConfig(background_probability=scheduled(config.background_probability,
@@ -243,6 +277,7 @@ def check_config(config: TrainConfig) -> None:
               ("confidence_threshold", 0 <= config.confidence_threshold <= 1, "in [0, 1]"),
               ("background_probability", 0 <= config.background_probability <= 1, "in [0, 1]"),
               ("cut_out_probability", 0 <= config.cut_out_probability <= 1, "in [0, 1]"),
+              ("thumbless_probability", 0 <= config.thumbless_probability <= 1, "in [0, 1]"),
               ("skin_probability", 0 <= config.skin_probability <= 1, "in [0, 1]"),
               ("camera_probability", 0 <= config.camera_probability <= 1, "in [0, 1]"),
               ("checkpoint_every_s", config.checkpoint_every_s >= 0, "at least 0")]
@@ -308,6 +343,14 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
         if context.is_main:
             log.info("hands cut out of %d of %d training photos in %.1f s", found, len(cut_outs),
                      time.perf_counter() - cut_started)
+    thumbless = None
+    if config.augment and config.thumbless_probability > 0:
+        thumbless_started = time.perf_counter()
+        thumbless = Thumbless.of(train_set.images, train_set.labels, train_set.classes)
+        if context.is_main:
+            log.info("thumbs painted out of %d of %d 5s in %.1f s", len(thumbless.images),
+                     int((train_set.labels == train_set.classes.index("5")).sum()),
+                     time.perf_counter() - thumbless_started)
     steps = steps_per_epoch(len(labels), config, context)
     # Checkpoints are encoded between epochs and written to disk while the next epoch trains (encoding
     # in the background too would take CPU time from training's threads and cost far more than it saves).
@@ -322,7 +365,7 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
             metrics = train_one_epoch(network, optimizer, images, labels, config, generator,
                                       epoch * steps, config.epochs * steps, device, context,
                                       distributed.augmentation_generator(generator, config.seed, epoch, context),
-                                      cut_outs)
+                                      cut_outs, thumbless)
             if not context.is_main:
                 continue
             row = {"epoch": epoch + 1, "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
