@@ -18,7 +18,8 @@ take; probabilities come from predict() (PyTorch fp32, the model's temperature),
 match to ~0.04.
 
 Confident answers: the product's rule (LoadedModel.is_confident): the hand was found (or not looked for,
-in 64x64 photos) and the top probability reaches the model's stored threshold. How a
+in 64x64 photos), its points show as many fingers as the answer counts, and the top probability reaches the
+model's stored threshold. How a
 recipe's threshold is fixed, from SIGNS data alone (`confident_threshold`), is printed for hold-out runs:
 the val_signs photos, each composited onto procedural backgrounds and augmented like training photos (a
 seeded shift away from SIGNS' look, built from SIGNS only), are answered, and the threshold is the lowest
@@ -71,10 +72,16 @@ class PhotoSet:
     framings: list[data.Framing] | None = None
 
     def hands_found(self) -> torch.Tensor:
-        """Per photo, whether it may be confident: its hand was found, or not looked for (data.Framing)."""
-        if self.framings is None:
-            return torch.ones(len(self.labels), dtype=torch.bool)
-        return torch.tensor([framing.hand_found for framing in self.framings])
+        """Per photo, whether its hand was found, or not looked for (data.Framing)."""
+        return torch.tensor([framing.hand_found for framing in self.framings_or_none()])
+
+    def framings_or_none(self) -> list[data.Framing]:
+        return self.framings or [data.Framing()] * len(self.labels)
+
+    def confident(self, model, probabilities: torch.Tensor) -> torch.Tensor:
+        """Per photo, whether the product marks its answer confident (LoadedModel.is_confident)."""
+        return torch.tensor([model.is_confident(row, framing)
+                             for row, framing in zip(probabilities.tolist(), self.framings_or_none())])
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -96,13 +103,15 @@ def confident_threshold(probabilities: torch.Tensor, labels: torch.Tensor,
 
 
 def summarise(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str],
-              threshold: float, hands_found: torch.Tensor | None = None) -> dict:
+              threshold: float, hands_found: torch.Tensor | None = None,
+              confident: torch.Tensor | None = None) -> dict:
     """Accuracy, per-class accuracy (classes present only), ECE, the share of photos whose hand was found, and
-    the confident answers' (the product's rule, LoadedModel.is_confident) coverage and accuracy."""
+    the confident answers' coverage and accuracy: `confident` (the product's rule, PhotoSet.confident), else
+    those whose top probability reaches `threshold` and whose hand was found."""
     top, predicted = probabilities.max(1)
     correct = predicted == labels
     hands_found = torch.ones_like(correct) if hands_found is None else hands_found
-    confident = (top >= threshold) & hands_found
+    confident = (top >= threshold) & hands_found if confident is None else confident
     per_class = {classes[c]: correct[labels == c].float().mean().item() for c in labels.unique().tolist()}
     return {
         "n": len(labels),
@@ -122,7 +131,7 @@ def _percent(value: float | None) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table, one row per (model, set) result with its `model`, `set` and optional `train_seconds`."""
-    lines = [("| model | set | photos | accuracy | per class | ECE | hand found | confident (p >= t) | covers | right |"
+    lines = [("| model | set | photos | accuracy | per class | ECE | hand found | confident: p >= t, count agrees | covers | right |"
               " train time (s) |"),
              "| :--- | :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
@@ -309,7 +318,8 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
     for photos in sets:
         probabilities = predict(model, photos.images)
         rows.append({"model": name, "set": photos.name, "path": model_path, "framing": hands.FRAMING}
-                    | summarise(probabilities, photos.labels, model.classes, threshold, photos.hands_found()))
+                    | summarise(probabilities, photos.labels, model.classes, threshold, photos.hands_found(),
+                                photos.confident(model, probabilities)))
         if out and photos.files:
             plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}.png")
             plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}_read.png", as_read=True)

@@ -1,5 +1,6 @@
-"""Every answer says whether it is confident: a hand was found (or not looked for, in a 64x64 photo) and the top
-probability reaches the model's threshold (fixed on SIGNS data). The API, the Open Inference Protocol, the CLI
+"""Every answer says whether it is confident: a hand was found (or not looked for, in a 64x64 photo), its points
+show as many fingers as the answer counts, and the top probability reaches the model's threshold (fixed on SIGNS
+data). The API, the Open Inference Protocol, the CLI
 and the web page; an image with no hand at all is answered, not confident, and says no hand was found."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def png(array: np.ndarray) -> bytes:
 
 
 NO_HAND = png(np.full((120, 160, 3), 128, dtype=np.uint8))  # a grey wall
-NO_HAND_ANSWER = {"found": False, "score": None, "crop": None}
+NO_HAND_ANSWER = {"found": False, "score": None, "crop": None, "fingers": None}
 
 
 def test_the_threshold_travels_with_the_model(model_file):
@@ -40,13 +41,30 @@ def test_predict_answers_say_whether_they_are_confident(client, sample_jpg, mode
     body = client.post("/predict", files=[("image", ("sample.jpg", sample_jpg.read_bytes())),
                                           ("image", ("wall.png", NO_HAND))]).json()
     for result in body["results"]:
-        assert result["confident"] is (result["probability"] >= threshold and result["hand"]["found"])
+        assert result["confident"] is (result["probability"] >= threshold and result["hand"]["found"]
+                                       and result["hand"]["fingers"] == int(result["label"]))
     sample, wall = body["results"]
     assert sample["hand"]["found"] is True and sample["hand"]["score"] > 0.5
     assert wall["label"] in [str(c) for c in range(6)] and wall["confident"] is False
     assert wall["hand"] == NO_HAND_ANSWER
     documented = client.get("/openapi.json").json()["components"]["schemas"]["ImageResult"]
     assert {"confident", "hand"} <= set(documented["properties"]) and "confident" in documented["required"]
+
+
+def test_an_answer_whose_count_the_hands_points_contradict_is_not_confident(model_file):
+    """The rule (LoadedModel.is_confident): a sure 5 is confident where the hand shows five fingers or was
+    not looked for, and not where it shows four or was looked for and not found."""
+    from signs_resnet.data import Framing
+
+    model = load_model(model_file)
+    model.metadata["confidence_threshold"] = 0.9
+    sure_five = [0.0, 0.0, 0.0, 0.0, 0.01, 0.99]
+    assert model.is_confident(sure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
+    assert model.is_confident(sure_five, Framing())
+    assert not model.is_confident(sure_five, Framing(True, 0.9, (0, 0, 10, 10), 4))
+    assert not model.is_confident(sure_five, Framing(True))
+    unsure_five = [0.0, 0.0, 0.0, 0.0, 0.5, 0.5 + 1e-3]
+    assert not model.is_confident(unsure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
 
 
 def test_v2_answers_carry_a_confident_output(client):
@@ -75,6 +93,18 @@ def test_the_cli_says_whether_each_answer_is_confident(model_file, tmp_path):
     assert header.split(",")[3] == "confident" and row.split(",")[3] == "no"
 
 
+def test_the_cli_line_says_when_the_hand_shows_another_count():
+    from signs_resnet.cli import format_results
+
+    hand = {"found": True, "score": 0.9, "crop": [0, 0, 10, 10], "fingers": 5}
+    results = [{"path": "a.jpg", "label": "4", "probability": 0.9, "confident": False, "hand": hand},
+               {"path": "b.jpg", "label": "5", "probability": 0.9, "confident": True, "hand": hand},
+               {"path": "c.jpg", "label": "0", "probability": 0.9, "confident": False, "hand": hand | {"fingers": 1}}]
+    assert format_results(results, list("012345"), "text").splitlines() == [
+        "a.jpg: 4 (90.0%, not confident, the hand shows 5 fingers)", "b.jpg: 5 (90.0%)",
+        "c.jpg: 0 (90.0%, not confident, the hand shows 1 finger)"]
+
+
 @pytest.mark.slow
 def test_the_web_page_says_when_it_is_not_confident(server, tmp_path):
     from test_web import ARGS, CHROMIUM
@@ -100,4 +130,12 @@ def test_the_web_page_says_when_it_is_not_confident(server, tmp_path):
             page.wait_for_selector("#result.shown", timeout=30_000)
             assert not page.is_visible("#no-hand")
             assert "cut out" in page.inner_text("#model-input-caption")
+        # the phone photo's hand shows five fingers: said when the answer counts otherwise, and only then
+        page.evaluate("document.getElementById('result').classList.remove('shown')")
+        page.set_input_files("#file", str(SHARED / "samples" / "sample.jpg"))
+        page.wait_for_selector("#result.shown", timeout=30_000)
+        label = page.inner_text("#digit")
+        assert page.is_visible("#count") is (label != "5")
+        if label != "5":
+            assert "shows 5 fingers" in page.inner_text("#count") and page.is_visible("#unsure")
         browser.close()

@@ -119,6 +119,33 @@ def test_training_photos_are_cut_out_as_a_prediction_reads_them_enlarged():
     assert torch.equal(data.cut_out_photos(images)[0], cut_outs)
 
 
+def drawn_hand(fingers_out: tuple[bool, bool, bool, bool], thumb_out: bool) -> hands.Hand:
+    """A right hand's 21 points, palm to the camera, wrist at the bottom: each finger straight up or folded
+    back onto its knuckle, the thumb out to the side or across the palm."""
+    points = [(100, 200)]
+    points += [(120, 185), (145, 165), (165, 150), (195, 120) if thumb_out else (120, 150)]
+    for x, out in zip((130, 110, 90, 70), fingers_out):  # index to little finger
+        points += [(x, 130), (x, 100)] + ([(x, 80), (x, 55)] if out else [(x, 112), (x, 125)])
+    return hands.Hand(np.array(points, dtype=np.float32), 0.9)
+
+
+@pytest.mark.parametrize("fingers_out, thumb_out, count", [
+    ((True,) * 4, True, 5), ((True,) * 4, False, 4), ((True, True, False, False), True, 3),
+    ((True, True, False, False), False, 2), ((True, False, False, False), False, 1), ((False,) * 4, False, 0)])
+def test_the_hands_points_count_the_fingers_held_out(fingers_out, thumb_out, count):
+    hand = drawn_hand(fingers_out, thumb_out)
+    assert hand.fingers() == count
+    assert hand.without_thumb().fingers() == count - thumb_out  # the thumb folded away
+    assert np.array_equal(hand.without_thumb().points[[0, 1, *range(5, 21)]], hand.points[[0, 1, *range(5, 21)]])
+
+
+def test_an_open_hand_in_a_phone_photo_shows_five_fingers(sample_jpg):
+    framing = data.prepare(sample_jpg)[1]
+    assert framing.fingers == 5 and framing.answer()["fingers"] == 5
+    assert framing.shows("5") and not framing.shows("4") and framing.shows("cat")
+    assert data.Framing().shows("4")  # no points: nothing to disagree
+
+
 def test_a_five_without_its_thumb_keeps_the_rest_of_the_photo():
     """data.thumbless_photos: in SIGNS 5s the thumb (where its tip was) is painted like the wall beside the
     hand, while the fingers' tips and the photo's far corners keep their pixels; a photo with no hand comes
@@ -180,7 +207,7 @@ def test_a_photo_without_a_hand_is_answered_as_no_hand(kind):
     image, framing = data.prepare(Image.fromarray(np.ascontiguousarray(pixels[kind])))
     assert image.shape == (3, 64, 64)
     assert framing.searched and framing.score is None and framing.crop is None and not framing.hand_found
-    assert framing.answer() == {"found": False, "score": None, "crop": None}
+    assert framing.answer() == {"found": False, "score": None, "crop": None, "fingers": None}
 
 
 def test_models_that_are_there_and_verified_are_not_downloaded_again(monkeypatch):

@@ -80,7 +80,7 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
         for result in results:
             if "error" not in result:
                 row, framing = next(answered)
-                confident = engine.model.is_confident(row, hand_found=framing.hand_found)
+                confident = engine.model.is_confident(row, framing)
                 result |= answer(row, engine.model.classes, confident, framing.answer())
     yield from results
 

@@ -128,8 +128,18 @@ def format_results(results: list[dict], classes: list[str], style: str) -> str:
         return buffer.getvalue()
     return "".join(f"{r['path']}: error: {r['error'].removeprefix(r['path'] + ': ')}\n" if "error" in r else
                    f"{r['path']}: {r['label']} ({r['probability']:.1%}{'' if r['confident'] else ', not confident'}"
-                   f"{', no hand found' if r.get('hand') and not r['hand']['found'] else ''})\n"
+                   f"{_hand_note(r['label'], r.get('hand'))})\n"
                    for r in results)
+
+
+def _hand_note(label: str, hand: dict | None) -> str:
+    """What the hand finder adds to an answer's line: no hand found, or a count of fingers other than the answer's."""
+    if hand and not hand["found"]:
+        return ", no hand found"
+    fingers = (hand or {}).get("fingers")
+    if fingers is not None and label.isdigit() and int(label) != fingers:
+        return f", the hand shows {fingers} finger{'' if fingers == 1 else 's'}"
+    return ""
 
 
 def _serve(args: argparse.Namespace) -> int:

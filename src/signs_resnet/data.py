@@ -141,23 +141,31 @@ class Framing:
     the hand was looked for (photos at the input size or smaller, such as SIGNS', are read as they are);
     `score`: the hand finder's certainty, None when it found no hand; `crop`: the square the network read
     (left, top, right, bottom in the photo's pixels after EXIF orientation; it may reach past the edges,
-    painted like the background), None when it read the whole photo."""
+    painted like the background), None when it read the whole photo; `fingers`: how many fingers the hand's
+    points show held out (Hand.fingers), None without a hand."""
 
     searched: bool = False
     score: float | None = None
     crop: tuple[int, int, int, int] | None = None
+    fingers: int | None = None
 
     @property
     def hand_found(self) -> bool:
         """False only when the hand was looked for and not found: such an answer is never confident."""
         return not self.searched or self.score is not None
 
+    def shows(self, label: str) -> bool:
+        """Whether the hand's points agree with a class named by a count of fingers (SIGNS' "0" to "5"):
+        they show that many held out. True without points, and for classes that are not counts."""
+        return self.fingers is None or not label.isdigit() or int(label) == self.fingers
+
     def answer(self) -> dict[str, Any] | None:
-        """As answers carry it (schemas.HandFound): found, score, crop; None when no hand was looked for."""
+        """As answers carry it (schemas.HandFound): found, score, crop, fingers; None when no hand was looked
+        for."""
         if not self.searched:
             return None
         return {"found": self.score is not None, "score": None if self.score is None else round(self.score, 4),
-                "crop": None if self.crop is None else list(self.crop)}
+                "crop": None if self.crop is None else list(self.crop), "fingers": self.fingers}
 
 
 def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], size: int) -> Image.Image:
@@ -190,7 +198,7 @@ def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image,
     if right <= 0 or bottom <= 0 or left >= image.width or top >= image.height:
         return image, Framing(searched=True)  # points off the photo: no hand in it
     box = hand.square()
-    return _cut_out(image, hand, box, size), Framing(True, hand.score, box)
+    return _cut_out(image, hand, box, size), Framing(True, hand.score, box, hand.fingers())
 
 
 def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
@@ -209,7 +217,7 @@ def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE
         image = _to_rgb(ImageOps.exif_transpose(image))
         image, framing = frame_hand(image, size)
         if framing.crop is not None and reduction != 1:
-            framing = Framing(True, framing.score, tuple(round(v * reduction) for v in framing.crop))
+            framing = Framing(True, framing.score, tuple(round(v * reduction) for v in framing.crop), framing.fingers)
         image = _pad_to_square(image)
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)

@@ -124,11 +124,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return tensors.images_of(_inputs_of(request), engine, runtime.settings)
 
         try:
-            hands, result, _ = await asyncio.wait_for(runtime.classify(prepare, count), runtime.settings.request_timeout_s)
+            framings, result, _ = await asyncio.wait_for(runtime.classify(prepare, count), runtime.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(503, "timeout", f"no answer within {runtime.settings.request_timeout_s:g} s: the server "
                                            "is busy; retry shortly") from None
-        outputs = tensors.output_tensors(result.probabilities, engine.model, requested, hands)
+        outputs = tensors.output_tensors(result.probabilities, engine.model, requested, framings)
         return pb.ModelInferResponse(
             model_name=request.model_name, model_version=engine.model.checksum[:12], id=request.id,
             outputs=[pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)

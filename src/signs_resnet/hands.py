@@ -64,6 +64,12 @@ ARM_LENGTH, ARM_WIDTH = 4.0, 0.9
 # The least finger and palm widths, as shares of the palm's length (wrist to middle knuckle): below all but
 # the narrowest front-on SIGNS hands, above a fist's (docs/robustness.md, "Cutting the hand out").
 MIN_FINGER, MIN_PALM = 0.2, 0.6
+# A finger is held out when its tip is this many times farther from the wrist than its middle joint; the thumb
+# when its tip is this many palm lengths (wrist to middle knuckle) from the palm's centre. Fitted to the 1080
+# SIGNS training photos enlarged 4x: `python benchmarks/finger_count.py` (docs/accuracy.md, "Confidence").
+FINGER_OUT, THUMB_OUT = 1.22, 0.80
+FINGER_JOINTS = ((6, 8), (10, 12), (14, 16), (18, 20))  # each finger's middle joint and tip
+PALM_CENTRE = (0, 5, 9, 13, 17)  # the palm's centre: the mean of the wrist and the four knuckles
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,14 @@ class Hand:
         side = max(1, round(FRAMING * max(right - left, bottom - top)))
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + side, y0 + side
+
+    def fingers(self) -> int:
+        """How many fingers, the thumb among them, the points show held out (FINGER_OUT, THUMB_OUT)."""
+        distance = lambda a, b: float(np.linalg.norm(a - b))  # noqa: E731
+        wrist, centre = self.points[0], self.points[list(PALM_CENTRE)].mean(0)
+        held_out = sum(distance(self.points[tip], wrist) > FINGER_OUT * distance(self.points[joint], wrist)
+                       for joint, tip in FINGER_JOINTS)
+        return held_out + (distance(self.points[4], centre) > THUMB_OUT * distance(self.points[9], wrist))
 
     def without_thumb(self) -> Hand:
         """The same hand with its thumb folded away: the thumb's three outer points moved onto its base."""

@@ -184,12 +184,12 @@ async def v2_infer(model_name: str, request: Request, runtime: AppRuntime, model
 
     def prepare():
         payload, inputs, binary_outputs = read_request(body, header_length)
-        images, hands = tensors.images_of(inputs, engine, runtime.settings)
-        return images, (payload, binary_outputs, hands)
+        images, framings = tensors.images_of(inputs, engine, runtime.settings)
+        return images, (payload, binary_outputs, framings)
 
-    (payload, binary_outputs, hands), result, _ = await runtime.classify(prepare, 1)
+    (payload, binary_outputs, framings), result, _ = await runtime.classify(prepare, 1)
     outputs = tensors.output_tensors(result.probabilities, engine.model,
-                                     [o.name for o in payload.outputs or []], hands)
+                                     [o.name for o in payload.outputs or []], framings)
     answer: dict[str, Any] = {"model_name": model_name, "model_version": engine.model.checksum[:12]}
     if payload.id is not None:
         answer["id"] = payload.id

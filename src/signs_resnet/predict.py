@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from . import artifact
+from .data import Framing
 from .model import ResNet50, ResNet50Model
 
 KIND = "model"
@@ -45,10 +46,13 @@ class LoadedModel:
         """An answer is confident when its top probability is at least this (docs/accuracy.md, "Confidence")."""
         return float(self.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
 
-    def is_confident(self, probabilities: list[float], *, hand_found: bool) -> bool:
-        """The rule every answer follows: a hand was found where one was looked for (data.Framing), and the
-        top class probability reaches the model's threshold."""
-        return hand_found and max(probabilities) >= self.confidence_threshold
+    def is_confident(self, probabilities: list[float], framing: Framing) -> bool:
+        """The rule every answer follows (docs/accuracy.md, "Confidence"): a hand was found where one was
+        looked for, its points show as many fingers as the answer counts (data.Framing.shows), and the top
+        class probability reaches the model's threshold."""
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        return (framing.hand_found and framing.shows(self.classes[best])
+                and probabilities[best] >= self.confidence_threshold)
 
 
 def save_model(path: str | Path, model: ResNet50Model, metadata: dict[str, Any]) -> str:

@@ -18,14 +18,17 @@ class HandFound(BaseModel):
                                                      "photo's pixels (after EXIF orientation; it may reach past "
                                                      "the edges), the hand cut out of it onto SIGNS' background; "
                                                      "null: no hand, the whole photo")
+    fingers: int | None = Field(None, description="how many fingers, the thumb among them, the hand's points show "
+                                                  "held out; an answer counting otherwise is not confident")
 
 
 class ImageResult(BaseModel):
     filename: str | None = None
     label: str = Field(description="the most probable class")
     probability: float
-    confident: bool = Field(description="whether a hand was found and `probability` reaches the model's confidence "
-                                        "threshold, fixed on SIGNS data; an answer that is not confident is often wrong")
+    confident: bool = Field(description="whether a hand was found, its points show as many fingers as `label` counts, "
+                                        "and `probability` reaches the model's confidence threshold, fixed on SIGNS "
+                                        "data; an answer that is not confident is often wrong")
     hand: HandFound | None = Field(description="where the hand was found; null for a photo no larger than the model's "
                                                "input (64x64), which is read as it is")
     predictions: list[Prediction] = Field(description="every class, most probable first")

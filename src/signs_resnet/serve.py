@@ -149,8 +149,7 @@ async def predict_route(request: Request) -> JSONResponse:
         predictions = _sorted_predictions(result.probabilities[index], engine.model.classes)
         results.append({"filename": name, "label": predictions[0]["label"],
                         "probability": predictions[0]["probability"],
-                        "confident": engine.model.is_confident(result.probabilities[index],
-                                                                hand_found=framings[index].hand_found),
+                        "confident": engine.model.is_confident(result.probabilities[index], framings[index]),
                         "hand": framings[index].answer(), "predictions": predictions})
         if pngs:
             results[-1]["image"] = pngs[index]

@@ -83,9 +83,9 @@ def check_outputs(requested: Sequence[str]) -> None:
 
 
 def images_of(inputs: Sequence[InputTensor], engine: Engine,
-              settings: ServeSettings) -> tuple[torch.Tensor, list[bool]]:
-    """The request's one input as prepared images N x 3 x H x W, and for each whether a hand was found
-    (data.Framing.hand_found; FP32 images were framed by the client, so True); ApiError 400 (413 past max_images or
+              settings: ServeSettings) -> tuple[torch.Tensor, list[Framing]]:
+    """The request's one input as prepared images N x 3 x H x W, and for each where its hand was found
+    (data.Framing; FP32 images were framed by the client, so not looked for); ApiError 400 (413 past max_images or
     max_pixels) when it is not one the model takes. Counts are checked before any data is decoded."""
     if len(inputs) != 1:
         raise ApiError(400, "invalid_request", "send exactly one input: 'input' (FP32) or 'image' (BYTES)")
@@ -103,7 +103,7 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine,
                                                  f"got {values.size}")
         if not np.isfinite(values).all():
             raise ApiError(400, "invalid_data", "FP32 data must be finite numbers")
-        return torch.from_numpy(values.reshape(tensor.shape).copy()), [True] * tensor.shape[0]
+        return torch.from_numpy(values.reshape(tensor.shape).copy()), [Framing()] * tensor.shape[0]
     if tensor.datatype == "BYTES":
         if not tensor.shape or min(tensor.shape) < 1:
             raise ApiError(400, "invalid_shape", f"BYTES input must have a shape of positive sizes, got {tensor.shape}")
@@ -112,8 +112,7 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine,
         files = _byte_elements(tensor)
         if len(files) != count or not files:
             raise ApiError(400, "invalid_shape", f"shape {tensor.shape} does not match {len(files)} images")
-        images, framings = prepare_images(files, height, settings.max_pixels)
-        return images, [framing.hand_found for framing in framings]
+        return prepare_images(files, height, settings.max_pixels)
     raise ApiError(400, "invalid_datatype", f"datatype must be FP32 or BYTES, got {tensor.datatype!r}")
 
 
@@ -134,11 +133,11 @@ def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels
 
 
 def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str],
-                   hands: Sequence[bool]) -> list[OutputTensor]:
-    """The requested outputs (all when none are) of the batch's rows of probabilities; `hands`: whether
+                   framings: Sequence[Framing]) -> list[OutputTensor]:
+    """The requested outputs (all when none are) of the batch's rows of probabilities; `framings`: where
     each image's hand was found (images_of)."""
     labels = [model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
-    confident = [model.is_confident(row, hand_found=hand) for row, hand in zip(rows, hands)]
+    confident = [model.is_confident(row, framing) for row, framing in zip(rows, framings)]
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
                                              [value for row in rows for value in row]),
                "label": OutputTensor("label", "BYTES", [len(rows)], labels),

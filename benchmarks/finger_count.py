@@ -1,0 +1,96 @@
+"""Fit and measure the hand's own count of fingers (hands.Hand.fingers) on SIGNS photos.
+
+    python benchmarks/finger_count.py [--data DIR]
+
+The confidence rule (docs/accuracy.md, "Confidence") marks an answer confident only when the hand's 21
+landmarks show as many fingers held out as the answer counts. Whether a finger is held out is one ratio per
+finger, compared with a threshold:
+
+  a finger (index to little)  its tip's distance from the wrist / its middle joint's    > FINGER_OUT
+  the thumb                   its tip's distance from the palm's centre (the mean of     > THUMB_OUT
+                              the wrist and the four knuckles) / the palm's length
+                              (wrist to the middle finger's knuckle)
+
+Both thresholds are fitted here on the 1080 SIGNS training photos (train_signs and val_signs), enlarged 4x so
+that the landmark models find the hand, each to its own fingers: SIGNS' classes say which are held out (1: the
+index; 2: and the middle finger; 3: and the thumb; 4: the four fingers, thumb folded; 5: all). The "0" is an O,
+whose curled fingers are neither held out nor folded, so it takes no part in the fit. The threshold is the one
+that tells the most fingers apart. Nothing from real/ is used. It prints the thresholds, how often the count
+agrees with each SIGNS class, and the same on the 120 test photos (not used to fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from signs_resnet import data, hands  # noqa: E402
+
+FACTOR = 4
+# Which of (thumb, index, middle, ring, little) SIGNS' classes hold out.
+HELD_OUT = {1: (0, 1, 0, 0, 0), 2: (0, 1, 1, 0, 0), 3: (1, 1, 1, 0, 0), 4: (0, 1, 1, 1, 1), 5: (1, 1, 1, 1, 1)}
+
+
+def landmarks(dataset: data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The hands found in the enlarged photos (K x 21 x 2) and their class names' counts (K)."""
+    points, counts = [], []
+    for image, label in zip(dataset.images, dataset.labels.tolist()):
+        photo = Image.fromarray(image.permute(1, 2, 0).numpy())
+        hand = hands.find_hand(photo.resize((photo.width * FACTOR, photo.height * FACTOR), Image.Resampling.BICUBIC))
+        if hand is not None:
+            points.append(hand.points)
+            counts.append(int(dataset.classes[label]))
+    return np.stack(points), np.array(counts)
+
+
+def ratios(points: np.ndarray) -> np.ndarray:
+    """Per hand, the five ratios Hand.fingers compares: the thumb's, then the four fingers' (K x 5)."""
+    distance = lambda a, b: np.linalg.norm(a - b, axis=-1)  # noqa: E731
+    wrist = points[:, 0]
+    centre = points[:, list(hands.PALM_CENTRE)].mean(1)
+    thumb = distance(points[:, 4], centre) / np.maximum(distance(points[:, 9], wrist), 1e-6)
+    fingers = [distance(points[:, tip], wrist) / np.maximum(distance(points[:, joint], wrist), 1e-6)
+               for joint, tip in hands.FINGER_JOINTS]
+    return np.stack([thumb, *fingers], 1)
+
+
+def fit(values: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    """The threshold between sorted neighbouring values that tells the most of them apart, and that share."""
+    candidates = np.unique(values)
+    candidates = (candidates[1:] + candidates[:-1]) / 2
+    right = np.array([((values > t) == out).mean() for t in candidates])
+    best = int(np.argmax(right))
+    return float(candidates[best]), float(right[best])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="SIGNS data (default: $SIGNS_DATA or ../shared/data/signs)")
+    args = parser.parse_args()
+    splits = data.load_splits(args.data, hold_out_validation=False)
+    points, counts = landmarks(splits.train)
+    print(f"hands found in {len(points)} of {len(splits.train.labels)} SIGNS training photos enlarged {FACTOR}x")
+    used = counts > 0
+    values, out = ratios(points)[used], np.array([HELD_OUT[c] for c in counts[used]], dtype=bool)
+    thumb, thumb_right = fit(values[:, 0], out[:, 0])
+    finger, finger_right = fit(values[:, 1:].ravel(), out[:, 1:].ravel())
+    print(f"THUMB_OUT = {thumb:.2f} (tells {thumb_right:.1%} of the thumbs apart); "
+          f"FINGER_OUT = {finger:.2f} ({finger_right:.1%} of the fingers); in hands.py: {hands.THUMB_OUT}, "
+          f"{hands.FINGER_OUT}")
+    for name, dataset in (("training photos", splits.train), ("test photos", splits.test)):
+        if dataset is None:
+            continue
+        points, counts = landmarks(dataset) if dataset is not splits.train else (points, counts)
+        shown = np.array([hands.Hand(p, 1.0).fingers() for p in points])
+        per_class = ", ".join(f"{c}: {(shown[counts == c] == c).mean():.0%}" for c in np.unique(counts))
+        print(f"{name}: the count (hands.py's thresholds) agrees with {(shown == counts).mean():.1%} of "
+              f"{len(counts)} hands found ({per_class})")
+
+
+if __name__ == "__main__":
+    main()
