@@ -197,8 +197,7 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
             x = swap_in_cut_outs(x, cut_outs[index], scheduled(config.cut_out_probability, first_step + i,
                                                               total_steps, config), augment_generator or generator)
         if thumbless is not None:
-            x = thumbless.swap_in(x, y, scheduled(config.thumbless_probability, first_step + i, total_steps, config),
-                                  augment_generator or generator)
+            x = thumbless.swap_in(x, y, config.thumbless_probability, augment_generator or generator)
         if config.augment:
             x = augment(x, augment_generator or generator,
                         AugmentConfig(background_probability=scheduled(config.background_probability,
