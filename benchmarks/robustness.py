@@ -5,6 +5,7 @@
                                     [--set FIELD=VALUE ...] [--out DIR]
     python benchmarks/robustness.py --model runs/holdout/model.safetensors --framing 1.2 1.5 1.8
     python benchmarks/robustness.py --augmented-grid docs/robustness_augmented.jpg
+    python benchmarks/robustness.py --thumbless-grid docs/robustness_thumbless.jpg
 
 For a model file, or for the default recipe (`signs train`, with any TrainConfig field changed by --set)
 trained once per seed, it measures on
@@ -32,6 +33,8 @@ same photos as the network read them: the hand cut out) and DIR/<model>/<set>_er
 --framing F ... measures each --model at each framing of the hand (a square F times the hand's landmarks).
 --augmented-grid FILE draws training photos as they are (first row) and three draws of the default
 recipe's augmentation at its first step (its largest cut-out and background shares), seeded.
+--thumbless-grid FILE draws training 5s (first row) and the same with the thumb painted out, as the recipe
+swaps them in for 4s (data.thumbless_photos).
 """
 
 from __future__ import annotations
@@ -299,6 +302,23 @@ def augmented_grid(images: torch.Tensor, path: Path, columns: int = 10, draws: i
     picture.save(path, quality=90)
 
 
+def thumbless_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, columns: int = 10,
+                   scale: int = 96) -> None:
+    """`columns` evenly spaced 5s of `images` (uint8 N x 3 x H x W) whose hand is found, above the same with
+    the thumb painted out (data.thumbless_photos), as one image file."""
+    from PIL import Image
+
+    fives = images[labels == classes.index("5")]
+    painted, found = data.thumbless_photos(fives)
+    chosen = torch.nonzero(found).flatten()
+    chosen = chosen[torch.linspace(0, len(chosen) - 1, min(columns, len(chosen))).long()]
+    grid = torch.cat([torch.cat(list(fives[chosen]), 2), torch.cat(list(painted[chosen]), 2)], 1)
+    picture = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    picture = picture.resize((picture.width * scale // images.shape[3], picture.height * scale // images.shape[2]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path, quality=90)
+
+
 # --- running ----------------------------------------------------------------------------------
 
 
@@ -352,9 +372,15 @@ def main() -> None:
                              "product's")
     parser.add_argument("--augmented-grid", type=Path, metavar="FILE",
                         help="draw training photos and their augmentation by the default recipe into FILE")
+    parser.add_argument("--thumbless-grid", type=Path, metavar="FILE",
+                        help="draw training 5s and the same with the thumb painted out into FILE")
     args = parser.parse_args()
-    if args.augmented_grid:
-        augmented_grid(data.load_splits(args.data, hold_out_validation=False).train.images, args.augmented_grid)
+    if args.augmented_grid or args.thumbless_grid:
+        train_set = data.load_splits(args.data, hold_out_validation=False).train
+        if args.augmented_grid:
+            augmented_grid(train_set.images, args.augmented_grid)
+        if args.thumbless_grid:
+            thumbless_grid(train_set.images, train_set.labels, train_set.classes, args.thumbless_grid)
         if not args.model and not args.seeds:
             return
     if not args.model and not args.seeds:

@@ -84,6 +84,22 @@ def test_answer_grid_is_written(tmp_path):
     assert read.stat().st_size > 1000
 
 
+def test_thumbless_grid_shows_fives_then_the_same_without_the_thumb(tmp_path):
+    from PIL import Image
+
+    from signs_resnet import data
+
+    splits = data.load_splits(None, hold_out_validation=False)
+    robustness.thumbless_grid(splits.test.images, splits.test.labels, splits.test.classes, tmp_path / "grid.png",
+                              columns=4, scale=64)
+    pixels = torch.from_numpy(np.array(Image.open(tmp_path / "grid.png"))).permute(2, 0, 1).int()
+    assert pixels.shape == (3, 2 * 64, 4 * 64)
+    fives = splits.test.images[splits.test.labels == splits.test.classes.index("5")].int()
+    assert any(torch.equal(pixels[:, :64, :64], five) for five in fives)
+    changed = (pixels[:, 64:] - pixels[:, :64]).abs().sum(0) > 0
+    assert 0.01 < changed.float().mean() < 0.2  # the thumbs, not the photos
+
+
 def test_augmented_grid_shows_the_photos_then_their_augmentations(tmp_path):
     from PIL import Image
 
