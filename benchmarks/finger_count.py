@@ -48,19 +48,9 @@ def landmarks(dataset: data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(points), np.array(counts)
 
 
-def ratios(points: np.ndarray) -> np.ndarray:
-    """Per hand, the five ratios Hand.fingers compares: the thumb's, then the four fingers' (K x 5)."""
-    distance = lambda a, b: np.linalg.norm(a - b, axis=-1)  # noqa: E731
-    wrist = points[:, 0]
-    centre = points[:, list(hands.PALM_CENTRE)].mean(1)
-    thumb = distance(points[:, 4], centre) / np.maximum(distance(points[:, 9], wrist), 1e-6)
-    fingers = [distance(points[:, tip], wrist) / np.maximum(distance(points[:, joint], wrist), 1e-6)
-               for joint, tip in hands.FINGER_JOINTS]
-    return np.stack([thumb, *fingers], 1)
-
-
 def fit(values: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     """The threshold between sorted neighbouring values that tells the most of them apart, and that share."""
+    out, values = out[np.isfinite(values)], values[np.isfinite(values)]
     candidates = np.unique(values)
     candidates = (candidates[1:] + candidates[:-1]) / 2
     right = np.array([((values > t) == out).mean() for t in candidates])
@@ -76,7 +66,7 @@ def main() -> None:
     points, counts = landmarks(splits.train)
     print(f"hands found in {len(points)} of {len(splits.train.labels)} SIGNS training photos enlarged {FACTOR}x")
     used = counts > 0
-    values, out = ratios(points)[used], np.array([HELD_OUT[c] for c in counts[used]], dtype=bool)
+    values, out = hands.finger_ratios(points)[used], np.array([HELD_OUT[c] for c in counts[used]], dtype=bool)
     thumb, thumb_right = fit(values[:, 0], out[:, 0])
     finger, finger_right = fit(values[:, 1:].ravel(), out[:, 1:].ravel())
     print(f"THUMB_OUT = {thumb:.2f} (tells {thumb_right:.1%} of the thumbs apart); "

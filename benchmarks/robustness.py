@@ -74,17 +74,17 @@ class PhotoSet:
     # where the hand was looked for and found (data.Framing), one per photo; None: photos read as they are
     framings: list[data.Framing] | None = None
 
+    def framing(self, index: int) -> data.Framing:
+        """Where photo `index` was read: data.Framing() (not looked for) for photos read as they are."""
+        return self.framings[index] if self.framings else data.Framing()
+
     def hands_found(self) -> torch.Tensor:
         """Per photo, whether its hand was found, or not looked for (data.Framing)."""
-        return torch.tensor([framing.hand_found for framing in self.framings_or_none()])
-
-    def framings_or_none(self) -> list[data.Framing]:
-        return self.framings or [data.Framing()] * len(self.labels)
+        return torch.tensor([self.framing(i).hand_found for i in range(len(self.labels))])
 
     def confident(self, model, probabilities: torch.Tensor) -> torch.Tensor:
         """Per photo, whether the product marks its answer confident (LoadedModel.is_confident)."""
-        return torch.tensor([model.is_confident(row, framing)
-                             for row, framing in zip(probabilities.tolist(), self.framings_or_none())])
+        return torch.tensor([model.is_confident(row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -106,15 +106,11 @@ def confident_threshold(probabilities: torch.Tensor, labels: torch.Tensor,
 
 
 def summarise(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str],
-              threshold: float, hands_found: torch.Tensor | None = None,
-              confident: torch.Tensor | None = None) -> dict:
+              threshold: float, hands_found: torch.Tensor, confident: torch.Tensor) -> dict:
     """Accuracy, per-class accuracy (classes present only), ECE, the share of photos whose hand was found, and
-    the confident answers' coverage and accuracy: `confident` (the product's rule, PhotoSet.confident), else
-    those whose top probability reaches `threshold` and whose hand was found."""
-    top, predicted = probabilities.max(1)
-    correct = predicted == labels
-    hands_found = torch.ones_like(correct) if hands_found is None else hands_found
-    confident = (top >= threshold) & hands_found if confident is None else confident
+    the coverage and accuracy of the answers marked `confident` (the product's rule, PhotoSet.confident);
+    `threshold` is reported with them."""
+    correct = probabilities.argmax(1) == labels
     per_class = {classes[c]: correct[labels == c].float().mean().item() for c in labels.unique().tolist()}
     return {
         "n": len(labels),
@@ -262,7 +258,7 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
         image = Image.open(photos.files[i]).convert("RGB") if from_file else photos.images[i].permute(1, 2, 0).numpy()
         axis.imshow(image)
         right = predicted[i] == photos.labels[i]
-        framing = photos.framings[i] if photos.framings else data.Framing()
+        framing = photos.framing(i)
         if framing.crop and from_file:
             left, top_edge, right_edge, bottom = framing.crop
             axis.add_patch(plt.Rectangle((left, top_edge), right_edge - left, bottom - top_edge, fill=False,
@@ -310,6 +306,8 @@ def thumbless_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str
 
     fives = images[labels == classes.index("5")]
     painted, found = data.thumbless_photos(fives)
+    if not found.any():
+        raise ValueError("no hand was found in any photo of a 5")
     chosen = torch.nonzero(found).flatten()
     chosen = chosen[torch.linspace(0, len(chosen) - 1, min(columns, len(chosen))).long()]
     grid = torch.cat([torch.cat(list(fives[chosen]), 2), torch.cat(list(painted[chosen]), 2)], 1)

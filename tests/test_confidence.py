@@ -67,6 +67,45 @@ def test_an_answer_whose_count_the_hands_points_contradict_is_not_confident(mode
     assert not model.is_confident(unsure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
 
 
+@pytest.mark.slow
+def test_an_answer_the_hands_count_contradicts_is_not_confident_over_predict_and_v2(model_file, sample_jpg,
+                                                                                  tmp_path):
+    """A server whose model's threshold is 0 and whose classes are renamed so that it answers sample.jpg "4":
+    the photo's hand shows five fingers, so the answer is not confident, in /predict and in the Open Inference
+    Protocol (where the photo's framing travels from the decoded input to the confident output)."""
+    import base64
+
+    from conftest import start_server
+    from signs_resnet import data
+    from signs_resnet.predict import predict, save_model
+
+    model = load_model(model_file)
+    answer = int(predict(model, data.prepare(sample_jpg)[0][None]).argmax())
+    classes = list(model.classes)
+    four = classes.index("4")
+    classes[answer], classes[four] = classes[four], classes[answer]
+    save_model(tmp_path / "model.safetensors", model.network,
+               model.metadata | {"confidence_threshold": 0.0, "classes": classes})
+    server = start_server(tmp_path / "model.safetensors", tmp_path / "server.log", "--engine", "torch-fp32")
+    try:
+        with server.client() as client:
+            [result] = client.post("/predict", files=[("image", ("sample.jpg", sample_jpg.read_bytes()))]).json()[
+                "results"]
+            assert (result["label"], result["hand"]["fingers"], result["confident"]) == ("4", 5, False)
+            image = base64.b64encode(sample_jpg.read_bytes()).decode()
+            request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}]}
+            outputs = {o["name"]: o["data"] for o in client.post("/v2/models/signs-resnet50/infer",
+                                                                 json=request).json()["outputs"]}
+            assert outputs["label"] == ["4"] and outputs["confident"] == [False]
+            fp32 = {"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32",
+                                "data": data.prepare(sample_jpg)[0].flatten().tolist()}]}
+            outputs = {o["name"]: o["data"] for o in client.post("/v2/models/signs-resnet50/infer",
+                                                                 json=fp32).json()["outputs"]}
+            assert outputs["label"] == ["4"] and outputs["confident"] == [True]  # no hand looked for: no count
+    finally:
+        server.stop()
+
+
 def test_v2_answers_carry_a_confident_output(client):
     import base64
 
@@ -99,10 +138,11 @@ def test_the_cli_line_says_when_the_hand_shows_another_count():
     hand = {"found": True, "score": 0.9, "crop": [0, 0, 10, 10], "fingers": 5}
     results = [{"path": "a.jpg", "label": "4", "probability": 0.9, "confident": False, "hand": hand},
                {"path": "b.jpg", "label": "5", "probability": 0.9, "confident": True, "hand": hand},
-               {"path": "c.jpg", "label": "0", "probability": 0.9, "confident": False, "hand": hand | {"fingers": 1}}]
+               {"path": "c.jpg", "label": "2", "probability": 0.9, "confident": False, "hand": hand | {"fingers": 1}},
+               {"path": "d.jpg", "label": "0", "probability": 0.9, "confident": True, "hand": hand}]  # "0": no count
     assert format_results(results, list("012345"), "text").splitlines() == [
         "a.jpg: 4 (90.0%, not confident, the hand shows 5 fingers)", "b.jpg: 5 (90.0%)",
-        "c.jpg: 0 (90.0%, not confident, the hand shows 1 finger)"]
+        "c.jpg: 2 (90.0%, not confident, the hand shows 1 finger)", "d.jpg: 0 (90.0%)"]
 
 
 @pytest.mark.slow

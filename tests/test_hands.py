@@ -317,6 +317,8 @@ def test_a_hand_seen_from_the_side_keeps_a_body_and_degenerate_points_do_not_fai
     row = mask[120] >= 128  # across the bones, half-way up
     assert row.sum() >= hands.MIN_FINGER * length * 0.8
     blob = np.asarray(hands.Hand(np.full((21, 2), 50.0, np.float32), 0.9).silhouette((100, 100)))
+    assert hands.Hand(np.full((21, 2), 50.0, np.float32), 0.9).fingers() is None  # no palm: no count
+    assert hands.Hand(np.full((21, 2), np.nan, np.float32), 0.9).fingers() is None
     assert blob.shape == (100, 100) and 0 < int((blob > 0).sum()) < 400
 
 

@@ -34,24 +34,39 @@ def test_threshold_keeps_the_largest_confident_set_that_is_right_enough():
 def test_summary_counts_accuracy_classes_calibration_and_confident_answers():
     probabilities = one_hot_ish([0, 1, 1, 2], [0.9, 0.9, 0.6, 0.6])
     labels = torch.tensor([0, 1, 2, 2])  # the third answer is wrong
-    result = robustness.summarise(probabilities, labels, CLASSES, threshold=0.8)
+    everyone = torch.ones(4, dtype=torch.bool)
+    result = robustness.summarise(probabilities, labels, CLASSES, 0.8, everyone, torch.tensor([True, True, False, False]))
     assert result["n"] == 4 and result["accuracy"] == pytest.approx(0.75)
     assert result["per_class"] == {"0": 1.0, "1": 1.0, "2": pytest.approx(0.5)}
     # ECE: bin 0.9 (2 photos, both right): 0.1 each; bin 0.6 (2 photos, half right): 0.1: 0.1 in all.
     assert result["ece"] == pytest.approx(0.1)
     assert result["confident_coverage"] == pytest.approx(0.5) and result["confident_accuracy"] == 1.0
-    nobody = robustness.summarise(probabilities, labels, CLASSES, threshold=0.95)
+    nobody = robustness.summarise(probabilities, labels, CLASSES, 0.95, everyone, ~everyone)
     assert nobody["confident_coverage"] == 0 and nobody["confident_accuracy"] is None
     assert result["hands_found"] == 1.0
 
 
-def test_a_photo_whose_hand_was_not_found_is_never_confident():
-    probabilities = one_hot_ish([0, 1, 1, 2], [0.9, 0.9, 0.6, 0.6])
-    labels = torch.tensor([0, 1, 2, 2])
-    result = robustness.summarise(probabilities, labels, CLASSES, threshold=0.8,
-                                  hands_found=torch.tensor([True, False, True, True]))
-    assert result["hands_found"] == pytest.approx(0.75)
-    assert result["confident_coverage"] == pytest.approx(0.25) and result["confident_accuracy"] == 1.0
+def test_the_benchmark_marks_answers_confident_by_the_products_rule(model_file):
+    """PhotoSet.confident is LoadedModel.is_confident: no hand found, or a hand showing another count than
+    the answer, is not confident; a "0" (not counted) or a photo read as it is goes by its probability."""
+    from signs_resnet import load_model
+    from signs_resnet.data import Framing
+
+    model = load_model(model_file)
+    model.metadata["confidence_threshold"] = 0.8
+    box = (0, 0, 10, 10)
+    framings = [Framing(True, 0.9, box, 3), Framing(True), Framing(True, 0.9, box, 2), Framing(True, 0.9, box, 1),
+                Framing(), Framing(True, 0.9, box, 1)]
+    probabilities = torch.full((6, 6), 0.01)
+    for row, (answer, top) in enumerate([(0, 0.95), (1, 0.95), (1, 0.95), (1, 0.95), (2, 0.95), (1, 0.5)]):
+        probabilities[row, answer] = top
+    photos = robustness.PhotoSet("photos", torch.zeros(6, 3, 64, 64), torch.tensor([0, 1, 1, 1, 2, 1]),
+                                 framings=framings)
+    assert photos.confident(model, probabilities).tolist() == [True, False, False, True, True, False]
+    assert photos.hands_found().tolist() == [True, False, True, True, True, True]
+    result = robustness.summarise(probabilities, photos.labels, model.classes, 0.8, photos.hands_found(),
+                                  photos.confident(model, probabilities))
+    assert result["hands_found"] == pytest.approx(5 / 6) and result["confident_coverage"] == pytest.approx(0.5)
 
 
 def row(model, set_name, accuracy, worst_class=0.9, ece=0.05, coverage=0.6, confident=0.97):

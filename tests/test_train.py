@@ -277,6 +277,9 @@ def test_thumbless_needs_the_classes_four_and_five():
     images = torch.zeros((4, 3, 64, 64), dtype=torch.uint8)
     with pytest.raises(ValueError, match="needs the classes 4 and 5"):
         train.Thumbless.of(images, torch.tensor([0, 1, 0, 1]), ["cat", "dog"])
+    with pytest.raises(ValueError, match="holds no photo of a 5"):
+        train.Thumbless.of(images, torch.tensor([0, 1, 4, 4]), list("012345"))
+    assert data.thumbless_photos(images[:0])[1].shape == (0,)
     with pytest.raises(ValueError, match="no hand was found in any photo of a 5"):
         train.Thumbless.of(images, torch.tensor([4, 5, 4, 5]), list("012345"))
 

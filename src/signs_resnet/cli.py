@@ -137,7 +137,7 @@ def _hand_note(label: str, hand: dict | None) -> str:
     if hand and not hand["found"]:
         return ", no hand found"
     fingers = (hand or {}).get("fingers")
-    if fingers is not None and label.isdigit() and int(label) != fingers:
+    if fingers is not None and data.finger_count(label) not in (None, fingers):
         return f", the hand shows {fingers} finger{'' if fingers == 1 else 's'}"
     return ""
 
@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="softmax temperature stored with the model; fitted on val_signs instead with "
                             "--hold-out-validation (default: %(default)g)")
     train.add_argument("--confidence-threshold", type=float, default=defaults.confidence_threshold,
-                       help="answers whose top probability is at least this are marked confident "
-                            "(default: %(default)g)")
+                       help="answers are marked confident only when their top probability is at least this "
+                            "(and a hand was found showing their count; docs/accuracy.md) (default: %(default)g)")
     train.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed of the initial weights, batch order and augmentation (default: %(default)s)")
     train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 
+from .augment import gaussian_blur
 from .hands import FRAMING, Hand, HandModelError, find_hand
 
 IMAGE_SIZE = 64
@@ -135,6 +136,13 @@ def _pad_to_square(image: Image.Image) -> Image.Image:
     return ImageOps.pad(image, (side, side), color=_border_colour(image), centering=(0.5, 0.5))
 
 
+def finger_count(label: str) -> int | None:
+    """How many fingers a class shows held out, for SIGNS' "1" to "5"; None for any other class: SIGNS' "0" is
+    an O whose curled fingers the count was not fitted to (hands.finger_ratios), other models' classes are
+    not counts."""
+    return int(label) if label in ("1", "2", "3", "4", "5") else None
+
+
 @dataclass(frozen=True)
 class Framing:
     """Where the network looked in a photo. `searched`: the photo was larger than the network's input, so
@@ -155,9 +163,9 @@ class Framing:
         return not self.searched or self.score is not None
 
     def shows(self, label: str) -> bool:
-        """Whether the hand's points agree with a class named by a count of fingers (SIGNS' "0" to "5"):
-        they show that many held out. True without points, and for classes that are not counts."""
-        return self.fingers is None or not label.isdigit() or int(label) == self.fingers
+        """Whether the hand's points agree with the class `label`: they show as many fingers held out as it
+        counts (finger_count). True without points, and for a class that is no count."""
+        return self.fingers is None or finger_count(label) in (None, self.fingers)
 
     def answer(self) -> dict[str, Any] | None:
         """As answers carry it (schemas.HandFound): found, score, crop, fingers; None when no hand was looked
@@ -257,8 +265,8 @@ def thumbless_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tenso
     the wall around the hand: a blur of the photo weighted away from the hand's silhouette."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .augment import gaussian_blur
-
+    if len(images) == 0:
+        return images, torch.zeros(0, dtype=torch.bool)
     size = images.shape[-1]
     big = (size * factor, size * factor)
 

@@ -72,6 +72,24 @@ FINGER_JOINTS = ((6, 8), (10, 12), (14, 16), (18, 20))  # each finger's middle j
 PALM_CENTRE = (0, 5, 9, 13, 17)  # the palm's centre: the mean of the wrist and the four knuckles
 
 
+def finger_ratios(points: np.ndarray) -> np.ndarray:
+    """For hands' landmarks (K x 21 x 2), the five ratios that say whether each finger is held out (K x 5): the
+    thumb's tip's distance from the palm's centre over the palm's length (wrist to middle knuckle), then each
+    finger's tip's distance from the wrist over its middle joint's. NaN where a length is zero."""
+    wrist = points[:, 0]
+
+    def from_wrist(index: int) -> np.ndarray:
+        return np.linalg.norm(points[:, index] - wrist, axis=-1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        palm = np.where(from_wrist(9) > 1e-6, from_wrist(9), np.nan)
+        centre = points[:, list(PALM_CENTRE)].mean(1)
+        thumb = np.linalg.norm(points[:, 4] - centre, axis=-1) / palm
+        fingers = [from_wrist(tip) / np.where(from_wrist(joint) > 1e-6, from_wrist(joint), np.nan)
+                   for joint, tip in FINGER_JOINTS]
+    return np.stack([thumb, *fingers], 1)
+
+
 @dataclass(frozen=True)
 class Hand:
     """A hand found in a photo: its 21 landmarks (x, y in the photo's pixels, MediaPipe's order: the wrist
@@ -94,13 +112,13 @@ class Hand:
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + side, y0 + side
 
-    def fingers(self) -> int:
-        """How many fingers, the thumb among them, the points show held out (FINGER_OUT, THUMB_OUT)."""
-        distance = lambda a, b: float(np.linalg.norm(a - b))  # noqa: E731
-        wrist, centre = self.points[0], self.points[list(PALM_CENTRE)].mean(0)
-        held_out = sum(distance(self.points[tip], wrist) > FINGER_OUT * distance(self.points[joint], wrist)
-                       for joint, tip in FINGER_JOINTS)
-        return held_out + (distance(self.points[4], centre) > THUMB_OUT * distance(self.points[9], wrist))
+    def fingers(self) -> int | None:
+        """How many fingers, the thumb among them, the points show held out (finger_ratios against THUMB_OUT
+        and FINGER_OUT); None when the points are too degenerate to tell (no palm length)."""
+        ratios = finger_ratios(self.points[None])[0]
+        if not np.isfinite(ratios).all():
+            return None
+        return int(ratios[0] > THUMB_OUT) + int((ratios[1:] > FINGER_OUT).sum())
 
     def without_thumb(self) -> Hand:
         """The same hand with its thumb folded away: the thumb's three outer points moved onto its base."""

@@ -43,7 +43,7 @@ class LoadedModel:
 
     @property
     def confidence_threshold(self) -> float:
-        """An answer is confident when its top probability is at least this (docs/accuracy.md, "Confidence")."""
+        """An answer is confident only when its top probability is at least this (is_confident)."""
         return float(self.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
 
     def is_confident(self, probabilities: list[float], framing: Framing) -> bool:

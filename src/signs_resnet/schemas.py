@@ -18,8 +18,10 @@ class HandFound(BaseModel):
                                                      "photo's pixels (after EXIF orientation; it may reach past "
                                                      "the edges), the hand cut out of it onto SIGNS' background; "
                                                      "null: no hand, the whole photo")
-    fingers: int | None = Field(None, description="how many fingers, the thumb among them, the hand's points show "
-                                                  "held out; an answer counting otherwise is not confident")
+    fingers: int | None = Field(None, ge=0, le=5,
+                                description="how many fingers, the thumb among them, the hand's points show held "
+                                            "out; an answer of 1 to 5 counting otherwise is not confident; null: "
+                                            "no hand")
 
 
 class ImageResult(BaseModel):

@@ -5,8 +5,9 @@ carriers into `InputTensor`s and hand them here, so each check is made once, wit
 
     "input" FP32 [N, 3, 64, 64]: images already prepared (data.prepare_image: RGB scaled to [0, 1])
     "image" BYTES [N]: image files (JPEG, PNG, ...), prepared here exactly as /predict does (the hand found)
- -> "probabilities" FP32 [N, classes], "label" BYTES [N] and "confident" BOOL [N] (a hand was found and the
-    top probability reaches the model's confidence threshold, docs/accuracy.md, "Confidence")
+ -> "probabilities" FP32 [N, classes], "label" BYTES [N] and "confident" BOOL [N] (a hand was found, its
+    points show the label's count of fingers and the top probability reaches the model's confidence threshold:
+    LoadedModel.is_confident, docs/accuracy.md, "Confidence")
 
 A tensor's data comes as the carrier has it: a list (JSON `data`: numbers, or base64 strings for BYTES;
 gRPC `contents`: numbers, or bytes), or in binary form (REST's binary extension, gRPC's

@@ -51,7 +51,8 @@ class TrainConfig:
     # Softmax temperature stored with the model: label smoothing leaves it under-confident. Fitted on val_signs
     # in this recipe's hold-out run (docs/accuracy.md, "Calibration"); refitted whenever a validation split is held out.
     temperature: float = 0.65
-    # An answer is "confident" when its top probability (at the temperature above) is at least this. Fixed on SIGNS
+    # An answer is "confident" only when its top probability (at the temperature above) is at least this (and its
+    # hand, where looked for, was found and shows its count: LoadedModel.is_confident). Fixed on SIGNS
     # data only, in the same hold-out run: where the answers on shifted val_signs photos are 95% right
     # (docs/accuracy.md, "Confidence").
     confidence_threshold: float = 0.757
@@ -155,7 +156,10 @@ class Thumbless:
     def of(cls, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Thumbless:
         if "4" not in classes or "5" not in classes:
             raise ValueError(f"thumbless_probability needs the classes 4 and 5 (SIGNS'), not {classes}")
-        painted, found = data.thumbless_photos(images[labels.cpu() == classes.index("5")].cpu())
+        fives = labels.cpu() == classes.index("5")
+        if not fives.any():
+            raise ValueError("thumbless_probability: the training data holds no photo of a 5")
+        painted, found = data.thumbless_photos(images[fives].cpu())
         if not found.any():
             raise ValueError("thumbless_probability: no hand was found in any photo of a 5")
         return cls(painted[found], classes.index("4"))
@@ -164,8 +168,8 @@ class Thumbless:
         """A float batch with a random `share` of its photos of this class each swapped for a thumbless 5
         drawn at random: the class keeps its share of the batch, and its photos are SIGNS' and these."""
         swapped = (torch.rand(len(x), generator=generator) < share).to(x.device) & (y == self.label)
-        drawn = torch.randint(len(self.images), (len(x),), generator=generator).to(x.device)
-        return torch.where(swapped[:, None, None, None], to_input(self.images.to(x.device)[drawn]), x)
+        drawn = torch.randint(len(self.images), (len(x),), generator=generator).to(self.images.device)
+        return torch.where(swapped[:, None, None, None], to_input(self.images[drawn]).to(x.device), x)
 
 
 def steps_per_epoch(num_images: int, config: TrainConfig, context: distributed.Context) -> int:
@@ -346,6 +350,7 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     if config.augment and config.thumbless_probability > 0:
         thumbless_started = time.perf_counter()
         thumbless = Thumbless.of(train_set.images, train_set.labels, train_set.classes)
+        thumbless = dataclasses.replace(thumbless, images=thumbless.images.to(device))
         if context.is_main:
             log.info("thumbs painted out of %d of %d 5s in %.1f s", len(thumbless.images),
                      int((train_set.labels == train_set.classes.index("5")).sum()),
