@@ -273,15 +273,12 @@ def test_the_thumbless_share_of_the_fours_is_swapped_for_fives_without_a_thumb(s
         assert len(set(painted.float().argmax(1)[painted.any(1)].tolist())) > 1  # drawn, not always the first
 
 
-def test_thumbless_needs_the_classes_four_and_five():
+def test_without_signs_fives_to_paint_the_recipe_says_why_and_trains_without_them():
     images = torch.zeros((4, 3, 64, 64), dtype=torch.uint8)
-    with pytest.raises(ValueError, match="needs the classes 4 and 5"):
-        train.Thumbless.of(images, torch.tensor([0, 1, 0, 1]), ["cat", "dog"])
-    with pytest.raises(ValueError, match="holds no photo of a 5"):
-        train.Thumbless.of(images, torch.tensor([0, 1, 4, 4]), list("012345"))
+    assert "not SIGNS' 4 and 5 (cat, dog)" in train.Thumbless.of(images, torch.tensor([0, 1, 0, 1]), ["cat", "dog"])
+    assert "holds no photo of a 5" in train.Thumbless.of(images, torch.tensor([0, 1, 4, 4]), list("012345"))
     assert data.thumbless_photos(images[:0])[1].shape == (0,)
-    with pytest.raises(ValueError, match="no hand was found in any photo of a 5"):
-        train.Thumbless.of(images, torch.tensor([4, 5, 4, 5]), list("012345"))
+    assert "no hand was found" in train.Thumbless.of(images, torch.tensor([4, 5, 4, 5]), list("012345"))
 
 
 @pytest.mark.parametrize("setting, message", [

@@ -42,7 +42,9 @@ BACKGROUND_SCHEDULES = ("constant", "linear")
 class TrainConfig:
     data: str | None = None
     out: str = "runs/default"
-    epochs: int = 60
+    # 72: the thumbless 5s below cost SIGNS test photos at 60 epochs and not at 72 (docs/robustness.md, "A 5
+    # without its thumb"), within the issue's 1.25x of the 60-epoch training time.
+    epochs: int = 72
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
@@ -68,10 +70,10 @@ class TrainConfig:
     # It teaches the network the shapes the cut-out draws (enlarged SIGNS "0"s read right again) but cost SIGNS'
     # own photos at every share tried, so off (docs/robustness.md, "Training on the cut-outs"). 0: off.
     cut_out_probability: float = 0.0
-    # The share of the 4s in each batch swapped for a 5 with the thumb painted out (data.thumbless_photos):
-    # people show a 4 with the thumb folded out of sight, SIGNS shows it across the palm, and the network read
-    # real 4s as 5s (docs/robustness.md, "A 5 without its thumb"). 0: off.
-    thumbless_probability: float = 0.0
+    # The share of the 4s in each batch swapped for a 5 with the thumb painted out (data.thumbless_photos),
+    # constant through training: people show a 4 with the thumb folded out of sight, SIGNS shows it across the
+    # palm, and the network read real 4s as 5s (docs/robustness.md, "A 5 without its thumb"). 0: off.
+    thumbless_probability: float = 0.1
     # Of the composited images, the share that gets each of two skin-coloured shapes (a face, an arm) behind the
     # hand (augment.skin_shapes); 0: off. Within run-to-run noise on the real photos, and at 0.6 it cost SIGNS test
     # photos, so off (docs/robustness.md, "Fifth session: skin-coloured shapes behind the hand").
@@ -153,15 +155,17 @@ class Thumbless:
     label: int
 
     @classmethod
-    def of(cls, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Thumbless:
+    def of(cls, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Thumbless | str:
+        """The thumbless 5s of a training set, or why it has none (the recipe then trains without them: the
+        option is on by default, and a data set of other classes is no error)."""
         if "4" not in classes or "5" not in classes:
-            raise ValueError(f"thumbless_probability needs the classes 4 and 5 (SIGNS'), not {classes}")
+            return f"the classes are not SIGNS' 4 and 5 ({', '.join(classes)})"
         fives = labels.cpu() == classes.index("5")
         if not fives.any():
-            raise ValueError("thumbless_probability: the training data holds no photo of a 5")
+            return "the training data holds no photo of a 5"
         painted, found = data.thumbless_photos(images[fives].cpu())
         if not found.any():
-            raise ValueError("thumbless_probability: no hand was found in any photo of a 5")
+            return "no hand was found in any photo of a 5"
         return cls(painted[found], classes.index("4"))
 
     def swap_in(self, x: torch.Tensor, y: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
@@ -350,11 +354,16 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     if config.augment and config.thumbless_probability > 0:
         thumbless_started = time.perf_counter()
         thumbless = Thumbless.of(train_set.images, train_set.labels, train_set.classes)
-        thumbless = dataclasses.replace(thumbless, images=thumbless.images.to(device))
-        if context.is_main:
-            log.info("thumbs painted out of %d of %d 5s in %.1f s", len(thumbless.images),
-                     int((train_set.labels == train_set.classes.index("5")).sum()),
-                     time.perf_counter() - thumbless_started)
+        if isinstance(thumbless, str):
+            if context.is_main:
+                log.warning("training without thumbless 5s: %s", thumbless)
+            thumbless = None
+        else:
+            thumbless = dataclasses.replace(thumbless, images=thumbless.images.to(device))
+            if context.is_main:
+                log.info("thumbs painted out of %d of %d 5s in %.1f s", len(thumbless.images),
+                         int((train_set.labels == train_set.classes.index("5")).sum()),
+                         time.perf_counter() - thumbless_started)
     steps = steps_per_epoch(len(labels), config, context)
     # Checkpoints are encoded between epochs and written to disk while the next epoch trains (encoding
     # in the background too would take CPU time from training's threads and cost far more than it saves).
