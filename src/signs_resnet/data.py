@@ -263,8 +263,6 @@ def thumbless_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tenso
     "A 5 without its thumb"). Each photo is enlarged `factor` times for the landmark models; the thumb's
     shape (Hand.silhouette less Hand.without_thumb's) is drawn there, reduced to the photo and filled with
     the wall around the hand: a blur of the photo weighted away from the hand's silhouette."""
-    from concurrent.futures import ThreadPoolExecutor
-
     if len(images) == 0:
         return images, torch.zeros(0, dtype=torch.bool)
     size = images.shape[-1]
@@ -280,8 +278,7 @@ def thumbless_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tenso
         return (np.asarray(thumb, np.float32) / 255,
                 np.asarray(whole.resize((size, size), Image.Resampling.BOX), np.float32) / 255)
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        done = list(pool.map(masks, images.cpu()))
+    done = [masks(image) for image in images.cpu()]  # one thread: a few seconds, at every training's start
     found = torch.tensor([m is not None for m in done], dtype=torch.bool)
     empty = np.zeros((size, size), np.float32)
     thumb = torch.from_numpy(np.stack([m[0] if m else empty for m in done]))[:, None]
