@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -225,7 +225,7 @@ def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE
         image = _to_rgb(ImageOps.exif_transpose(image))
         image, framing = frame_hand(image, size)
         if framing.crop is not None and reduction != 1:
-            framing = Framing(True, framing.score, tuple(round(v * reduction) for v in framing.crop), framing.fingers)
+            framing = replace(framing, crop=tuple(round(v * reduction) for v in framing.crop))
         image = _pad_to_square(image)
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)

@@ -76,17 +76,11 @@ def finger_ratios(points: np.ndarray) -> np.ndarray:
     """For hands' landmarks (K x 21 x 2), the five ratios that say whether each finger is held out (K x 5): the
     thumb's tip's distance from the palm's centre over the palm's length (wrist to middle knuckle), then each
     finger's tip's distance from the wrist over its middle joint's. NaN where a length is zero."""
-    wrist = points[:, 0]
-
-    def from_wrist(index: int) -> np.ndarray:
-        return np.linalg.norm(points[:, index] - wrist, axis=-1)
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        palm = np.where(from_wrist(9) > 1e-6, from_wrist(9), np.nan)
-        centre = points[:, list(PALM_CENTRE)].mean(1)
-        thumb = np.linalg.norm(points[:, 4] - centre, axis=-1) / palm
-        fingers = [from_wrist(tip) / np.where(from_wrist(joint) > 1e-6, from_wrist(joint), np.nan)
-                   for joint, tip in FINGER_JOINTS]
+    from_wrist = np.linalg.norm(points - points[:, :1], axis=-1)  # K x 21
+    lengths = np.where(from_wrist > 1e-6, from_wrist, np.nan)  # the denominators: NaN, not a division by zero
+    centre = points[:, list(PALM_CENTRE)].mean(1)
+    thumb = np.linalg.norm(points[:, 4] - centre, axis=-1) / lengths[:, 9]
+    fingers = [from_wrist[:, tip] / lengths[:, joint] for joint, tip in FINGER_JOINTS]
     return np.stack([thumb, *fingers], 1)
 
 
