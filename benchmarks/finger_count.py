@@ -17,6 +17,11 @@ index; 2: and the middle finger; 3: and the thumb; 4: the four fingers, thumb fo
 whose curled fingers are neither held out nor folded, so it takes no part in the fit. The threshold is the one
 that tells the most fingers apart. Nothing from real/ is used. It prints the thresholds, how often the count
 agrees with each SIGNS class, and the same on the 120 test photos (not used to fit).
+
+It also fits hands.COUNT_LIKELIHOOD, with which an answer weighs the network's probabilities by the count
+(LoadedModel.posterior): on the same training photos, at hands.py's thresholds, how often a hand of each class
+shows each count from 0 to 5, one added to every cell (so that no count rules a class out). It prints the
+table as hands.py holds it, and says whether hands.py's is the same.
 """
 
 from __future__ import annotations
@@ -58,6 +63,15 @@ def fit(values: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return float(candidates[best]), float(right[best])
 
 
+def likelihood(shown: np.ndarray, counts: np.ndarray) -> dict[str, tuple[float, ...]]:
+    """Per class ("0" to "5"), the share of its hands that show each count 0 to 5, one added to every cell."""
+    table = {}
+    for c in range(6):
+        cells = np.bincount(shown[counts == c], minlength=6) + 1
+        table[str(c)] = tuple(round(float(v), 3) for v in cells / cells.sum())
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="SIGNS data (default: $SIGNS_DATA or ../shared/data/signs)")
@@ -80,6 +94,13 @@ def main() -> None:
         per_class = ", ".join(f"{c}: {(shown[counts == c] == c).mean():.0%}" for c in np.unique(counts))
         print(f"{name}: the count (hands.py's thresholds) agrees with {(shown == counts).mean():.1%} of "
               f"{len(counts)} hands found ({per_class})")
+        if dataset is splits.train:
+            told = np.array([s is not None for s in shown])
+            table = likelihood(shown[told].astype(int), counts[told])
+            print("COUNT_LIKELIHOOD = {  # class: P(count 0, 1, ..., 5 | class)")
+            for c, row in table.items():
+                print(f'    "{c}": ({", ".join(f"{v:.3f}" for v in row)}),')
+            print(f"}}  (hands.py holds {'the same' if table == hands.COUNT_LIKELIHOOD else 'another'})")
 
 
 if __name__ == "__main__":

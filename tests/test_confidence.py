@@ -68,40 +68,101 @@ def test_an_answer_whose_count_the_hands_points_contradict_is_not_confident(mode
     assert not model.is_confident(unsure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
 
 
+def test_the_hands_count_weighs_the_networks_probabilities(model_file):
+    """LoadedModel.posterior: Bayes' rule with hands.COUNT_LIKELIHOOD. A count tips an unsure answer its way
+    and makes an answer it agrees with surer; it cannot overrule a sure network; no count, or a model whose
+    classes are not SIGNS', leaves the network's probabilities as they are."""
+    from signs_resnet.data import Framing
+    from signs_resnet.hands import COUNT_LIKELIHOOD
+
+    model = load_model(model_file)
+    box = (0, 0, 10, 10)
+    unsure = [0.0, 0.0, 0.0, 0.0, 0.55, 0.45]
+    weighed = model.posterior(unsure, Framing(True, 0.9, box, 5))
+    assert max(range(6), key=weighed.__getitem__) == 5 and sum(weighed) == pytest.approx(1)
+    five, four = 0.45 * COUNT_LIKELIHOOD["5"][5], 0.55 * COUNT_LIKELIHOOD["4"][5]
+    assert weighed[5] == pytest.approx(five / (five + four))
+    assert model.posterior(unsure, Framing(True, 0.9, box, 4))[4] > 0.55  # agreeing: surer
+    sure = [0.0002, 0.0002, 0.0002, 0.0002, 0.0002, 0.999]
+    assert max(range(6), key=model.posterior(sure, Framing(True, 0.9, box, 4)).__getitem__) == 5
+    for nothing_to_count in (Framing(), Framing(True), Framing(True, 0.9, box, None)):
+        assert model.posterior(unsure, nothing_to_count) == unsure
+    model.classes = ["a", "b", "c", "d", "e", "f"]
+    assert model.posterior(unsure, Framing(True, 0.9, box, 5)) == unsure
+
+
+def test_the_count_likelihoods_are_distributions_that_favour_each_class_own_count():
+    """hands.COUNT_LIKELIHOOD as benchmarks/finger_count.py fits it: per SIGNS class, a share for each count
+    0-5, none zero, summing to 1 (to its 3 decimals); "1" to "5" show their own count most often."""
+    from signs_resnet.hands import COUNT_LIKELIHOOD
+
+    assert sorted(COUNT_LIKELIHOOD) == [str(c) for c in range(6)]
+    for name, shares in COUNT_LIKELIHOOD.items():
+        assert len(shares) == 6 and min(shares) > 0 and sum(shares) == pytest.approx(1, abs=0.005)
+        if name != "0":
+            assert max(range(6), key=shares.__getitem__) == int(name)
+
+
+def _sure_of(model, index: int, probability: float = 0.9):
+    """The model's network, its dense layer set to answer class `index` at `probability` (the rest shared
+    evenly) whatever the photo, at the model's temperature."""
+    import copy
+    import math
+
+    import torch
+
+    network = copy.deepcopy(model.network)
+    rest = (1 - probability) / (len(model.classes) - 1)
+    temperature = float(model.metadata.get("temperature", 1.0))
+    with torch.no_grad():
+        network.fc.weight.zero_()
+        network.fc.bias.copy_(torch.tensor([temperature * math.log(probability if c == index else rest)
+                                            for c in range(len(model.classes))]))
+    return network
+
+
 @pytest.mark.slow
 def test_an_answer_the_hands_count_contradicts_is_not_confident_over_predict_and_v2(model_file, sample_jpg,
                                                                                   tmp_path):
-    """A server whose model's threshold is 0 and whose classes are renamed so that it answers sample.jpg "4":
-    the photo's hand shows five fingers, so the answer is not confident, in /predict and in the Open Inference
-    Protocol (where the photo's framing travels from the decoded input to the confident output)."""
+    """A server whose model's threshold is 0 and whose network answers every photo "4" at 90%: sample.jpg's
+    hand shows five fingers, which lowers that answer without overruling it and makes it not confident, in /predict and in the
+    Open Inference Protocol (where the photo's framing travels from the decoded input to the answer). Both
+    give the network's probabilities weighed by that count (LoadedModel.posterior); FP32 input, framed by the
+    client, has no count, and its answer is the network's own."""
     import base64
 
     from conftest import start_server
     from signs_resnet.predict import predict, save_model
 
     model = load_model(model_file)
-    answer = int(predict(model, data.prepare(sample_jpg)[0][None]).argmax())
-    classes = list(model.classes)
-    four = classes.index("4")
-    classes[answer], classes[four] = classes[four], classes[answer]
-    save_model(tmp_path / "model.safetensors", model.network,
-               model.metadata | {"confidence_threshold": 0.0, "classes": classes})
+    four = model.classes.index("4")
+    save_model(tmp_path / "model.safetensors", _sure_of(model, four), model.metadata | {"confidence_threshold": 0.0})
+    sure = load_model(tmp_path / "model.safetensors")
+    image, framing = data.prepare(sample_jpg)
+    network = predict(sure, image[None])[0].tolist()
+    weighed = sure.posterior(network, framing)
+    assert framing.fingers == 5 and network[four] == pytest.approx(0.9, abs=1e-4)
+    assert max(range(6), key=weighed.__getitem__) == four and weighed[four] < 0.85
     server = start_server(tmp_path / "model.safetensors", tmp_path / "server.log", "--engine", "torch-fp32")
     try:
         with server.client() as client:
             [result] = client.post("/predict", files=[("image", ("sample.jpg", sample_jpg.read_bytes()))]).json()[
                 "results"]
             assert (result["label"], result["hand"]["fingers"], result["confident"]) == ("4", 5, False)
-            image = base64.b64encode(sample_jpg.read_bytes()).decode()
-            request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}]}
+            served = {p["label"]: p["probability"] for p in result["predictions"]}
+            assert [served[name] for name in sure.classes] == pytest.approx(weighed, abs=1e-4)
+            encoded = base64.b64encode(sample_jpg.read_bytes()).decode()
+            request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [encoded]}]}
             outputs = {o["name"]: o["data"] for o in client.post("/v2/models/signs-resnet50/infer",
                                                                  json=request).json()["outputs"]}
             assert outputs["label"] == ["4"] and outputs["confident"] == [False]
+            assert outputs["probabilities"] == pytest.approx(weighed, abs=1e-4)
             fp32 = {"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32",
-                                "data": data.prepare(sample_jpg)[0].flatten().tolist()}]}
+                                "data": image.flatten().tolist()}]}
             outputs = {o["name"]: o["data"] for o in client.post("/v2/models/signs-resnet50/infer",
                                                                  json=fp32).json()["outputs"]}
             assert outputs["label"] == ["4"] and outputs["confident"] == [True]  # no hand looked for: no count
+            assert outputs["probabilities"] == pytest.approx(network, abs=1e-4)
     finally:
         server.stop()
 

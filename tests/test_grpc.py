@@ -16,8 +16,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from conftest import API_KEY, start_server
-from signs_resnet import data
-from test_kserve import INFER, binary_body, element, files, labels, predict_rows
+from test_kserve import INFER, binary_body, element, files, labels, predict_rows, prepared
 from test_serve import SAME_ENGINE_TOLERANCE, png_header
 
 MODEL = "signs-resnet50"
@@ -50,15 +49,14 @@ def test_health_and_metadata(triton_client):
 
 @pytest.mark.parametrize("requested", [None, ["probabilities"], ["label", "probabilities"]])
 def test_fp32_raw_input_gives_predicts_answer(triton_client, client, sample_jpg, signs_jpegs, requested):
-    blobs = [sample_jpg.read_bytes(), signs_jpegs[3].read_bytes()]
-    images = np.stack([data.prepare_image(blob).numpy() for blob in blobs])
+    images, pngs = prepared(sample_jpg.read_bytes(), signs_jpegs[3].read_bytes())
     tensor = triton.InferInput("input", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)  # tritonclient sends raw_input_contents
     outputs = [triton.InferRequestedOutput(name) for name in requested] if requested else None
     result = triton_client.infer(MODEL, [tensor], outputs=outputs, request_id="9")
     answer = result.get_response(as_json=True)
     assert answer["id"] == "9" and [o["name"] for o in answer["outputs"]] == (requested or ["probabilities", "label", "confident"])
-    expected = predict_rows(client, *blobs)
+    expected = predict_rows(client, *pngs)
     if "probabilities" in (requested or ["probabilities"]):
         assert np.allclose(result.as_numpy("probabilities"), expected, atol=SAME_ENGINE_TOLERANCE)
     if "label" in (requested or ["label"]):
@@ -90,14 +88,14 @@ def probabilities_of(answer: pb.ModelInferResponse) -> np.ndarray:
 
 def test_contents_instead_of_raw_data(stub, client, sample_jpg):
     blob = sample_jpg.read_bytes()
-    expected = predict_rows(client, blob)
-    image = data.prepare_image(blob).reshape(-1).tolist()
-    as_numbers = stub.ModelInfer(infer_request(contents=pb.InferTensorContents(fp32_contents=image)))
+    images, [png] = prepared(blob)
+    as_numbers = stub.ModelInfer(infer_request(contents=pb.InferTensorContents(fp32_contents=images.reshape(-1).tolist())))
     as_files = stub.ModelInfer(infer_request("BYTES", (1,), pb.InferTensorContents(bytes_contents=[blob])))
-    for answer in (as_numbers, as_files):
+    # FP32 numbers are /predict's answer for the 64x64 image as it is; files, its answer for the photo (with the count)
+    for answer, sent in ((as_numbers, png), (as_files, blob)):
         assert [o.name for o in answer.outputs] == ["probabilities", "label", "confident"]
         assert answer.raw_output_contents[2] in (b"\x00", b"\x01")  # BOOL: one byte each
-        assert np.allclose(probabilities_of(answer), expected, atol=SAME_ENGINE_TOLERANCE)
+        assert np.allclose(probabilities_of(answer), predict_rows(client, sent), atol=SAME_ENGINE_TOLERANCE)
 
 
 ZEROS = bytes(3 * 64 * 64 * 4)

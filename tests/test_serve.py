@@ -52,7 +52,9 @@ class LocalModel:
             return self.engine.run(images)
 
     def probabilities_of(self, image_bytes: bytes) -> torch.Tensor:
-        return self.probabilities(data.prepare_image(image_bytes).unsqueeze(0))[0]
+        """The answer's probabilities: the engine's, weighed by the hand's count (LoadedModel.posterior)."""
+        image, framing = data.prepare(image_bytes)
+        return torch.tensor(self.fp32.posterior(self.probabilities(image.unsqueeze(0))[0].tolist(), framing))
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +111,9 @@ def test_api_preprocessing_is_training_preprocessing(client, sample_jpg, signs_j
     assert seen.shape == (64, 64, 3)
     assert np.array_equal(seen, data.load_rgb(blob))  # what the model saw, pixel for pixel
     assert_same_probabilities(body["predictions"], local_model.probabilities_of(blob), local_model.classes)
-    as_trained = predict(local_model.fp32, data.prepare_image(blob).unsqueeze(0))[0]
-    assert_same_probabilities(body["predictions"], as_trained, local_model.classes, BF16_TOLERANCE)
+    image, framing = data.prepare(blob)
+    as_trained = local_model.fp32.posterior(predict(local_model.fp32, image.unsqueeze(0))[0].tolist(), framing)
+    assert_same_probabilities(body["predictions"], torch.tensor(as_trained), local_model.classes, BF16_TOLERANCE)
 
 
 def test_a_webcam_frame_is_read_at_its_hand(client, local_model):

@@ -70,6 +70,18 @@ MIN_FINGER, MIN_PALM = 0.2, 0.6
 FINGER_OUT, THUMB_OUT = 1.22, 0.80
 FINGER_JOINTS = ((6, 8), (10, 12), (14, 16), (18, 20))  # each finger's middle joint and tip
 PALM_CENTRE = (0, 5, 9, 13, 17)  # the palm's centre: the mean of the wrist and the four knuckles
+# How often a SIGNS hand of each class shows each count (Hand.fingers) from 0 to 5, one added to every cell so
+# that no count rules a class out: an answer weighs the network's probabilities by it (LoadedModel.posterior).
+# Fitted with the thresholds above, on the same photos, by `python benchmarks/finger_count.py`
+# (docs/accuracy.md, "The hand's count").
+COUNT_LIKELIHOOD = {  # class: P(count 0, 1, ..., 5 | class)
+    "0": (0.338, 0.450, 0.119, 0.031, 0.037, 0.025),
+    "1": (0.006, 0.803, 0.139, 0.029, 0.017, 0.006),
+    "2": (0.007, 0.026, 0.804, 0.111, 0.026, 0.026),
+    "3": (0.009, 0.009, 0.017, 0.896, 0.026, 0.043),
+    "4": (0.007, 0.007, 0.007, 0.036, 0.871, 0.071),
+    "5": (0.005, 0.005, 0.005, 0.005, 0.163, 0.815),
+}
 
 
 def finger_ratios(points: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import torch
 
 from . import artifact
 from .data import Framing
+from .hands import COUNT_LIKELIHOOD
 from .model import ResNet50, ResNet50Model
 
 KIND = "model"
@@ -46,10 +47,22 @@ class LoadedModel:
         """An answer is confident only when its top probability is at least this (is_confident)."""
         return float(self.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
 
+    def posterior(self, probabilities: list[float], framing: Framing) -> list[float]:
+        """The answer's class probabilities: the network's, weighed by the count of fingers the hand's points
+        show (Bayes' rule, the count taken as a second look at the photo: each class's probability times how
+        often SIGNS hands of that class show that count, hands.COUNT_LIKELIHOOD, summing to 1 again). The
+        network's own where there is no count (photos read as they are, no hand found) and for models whose
+        classes are not SIGNS' (docs/accuracy.md, "The hand's count")."""
+        if framing.fingers is None or not all(name in COUNT_LIKELIHOOD for name in self.classes):
+            return probabilities
+        weighed = [p * COUNT_LIKELIHOOD[name][framing.fingers] for p, name in zip(probabilities, self.classes)]
+        total = sum(weighed)
+        return [w / total for w in weighed] if total > 0 else probabilities
+
     def is_confident(self, probabilities: list[float], framing: Framing) -> bool:
-        """The rule every answer follows (docs/accuracy.md, "Confidence"): a hand was found where one was
-        looked for, its points show as many fingers as the answer counts (data.Framing.shows), and the top
-        class probability reaches the model's threshold."""
+        """The rule every answer follows (docs/accuracy.md, "Confidence"), on its probabilities (posterior): a
+        hand was found where one was looked for, its points show as many fingers as the answer counts
+        (data.Framing.shows), and the top class probability reaches the model's threshold."""
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         return (framing.hand_found and framing.shows(self.classes[best])
                 and probabilities[best] >= self.confidence_threshold)

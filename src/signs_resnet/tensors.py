@@ -136,7 +136,8 @@ def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels
 def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str],
                    framings: Sequence[Framing]) -> list[OutputTensor]:
     """The requested outputs (all when none are) of the batch's rows of probabilities; `framings`: where
-    each image's hand was found (images_of)."""
+    each image's hand was found (images_of), whose count weighs each row (LoadedModel.posterior)."""
+    rows = [model.posterior(row, framing) for row, framing in zip(rows, framings)]
     labels = [model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
     confident = [model.is_confident(row, framing) for row, framing in zip(rows, framings)]
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
