@@ -13,10 +13,13 @@ trained once per seed, it measures on
   val_signs          when the model was trained with --hold-out-validation (its metadata says)
   real/hands_crops   webcam photos of hands by other people, each hand cut out (classes 1, 2, 4, 5)
   real/hands_frames  the whole webcam frames those hands are in
-  val_signs x4       for a hold-out model: val_signs enlarged 4x, so the hand finder frames them
+  test_signs.h5 x4   the test split enlarged 4x, as a camera at a higher resolution would give them, so the
+                     hand finder frames them and counts their fingers: SIGNS photos through the user's path
+  val_signs x4       the same for val_signs, for a hold-out model
 Every file goes through data.prepare (the hand found and cut out), the path `signs predict` and the server
-take; probabilities come from predict() (PyTorch fp32, the model's temperature), which the server's engines
-match to ~0.04.
+take; the network's probabilities come from predict() (PyTorch fp32, the model's temperature), which the
+server's engines match to ~0.04, and are weighed by the hand's count of fingers as every answer's are
+(LoadedModel.posterior). The table gives the network's own accuracy and ECE beside the answers'.
 
 Confident answers: the product's rule (LoadedModel.is_confident): the hand was found (or not looked for,
 in 64x64 photos), its points show as many fingers as the answer counts, and the top probability reaches the
@@ -82,6 +85,11 @@ class PhotoSet:
         """Per photo, whether its hand was found, or not looked for (data.Framing)."""
         return torch.tensor([self.framing(i).hand_found for i in range(len(self.labels))])
 
+    def posterior(self, model, probabilities: torch.Tensor) -> torch.Tensor:
+        """The product's answers: the network's probabilities weighed by each photo's hand's count of fingers
+        (LoadedModel.posterior)."""
+        return torch.tensor([model.posterior(row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
+
     def confident(self, model, probabilities: torch.Tensor) -> torch.Tensor:
         """Per photo, whether the product marks its answer confident (LoadedModel.is_confident)."""
         return torch.tensor([model.is_confident(row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
@@ -106,10 +114,11 @@ def confident_threshold(probabilities: torch.Tensor, labels: torch.Tensor,
 
 
 def summarise(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str],
-              threshold: float, hands_found: torch.Tensor, confident: torch.Tensor) -> dict:
+              threshold: float, hands_found: torch.Tensor, confident: torch.Tensor, network: torch.Tensor) -> dict:
     """Accuracy, per-class accuracy (classes present only), ECE, the share of photos whose hand was found, and
-    the coverage and accuracy of the answers marked `confident` (the product's rule, PhotoSet.confident);
-    `threshold` is reported with them."""
+    the coverage and accuracy of the answers marked `confident` (the product's rule, PhotoSet.confident) of the
+    product's answers (`probabilities`, PhotoSet.posterior); `threshold` is reported with them. Accuracy and
+    ECE of the `network`'s own probabilities, before the hand's count weighs them, beside."""
     correct = probabilities.argmax(1) == labels
     per_class = {classes[c]: correct[labels == c].float().mean().item() for c in labels.unique().tolist()}
     return {
@@ -121,6 +130,8 @@ def summarise(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[s
         "threshold": threshold,
         "confident_coverage": confident.float().mean().item(),
         "confident_accuracy": correct[confident].float().mean().item() if confident.any() else None,
+        "network_accuracy": (network.argmax(1) == labels).float().mean().item(),
+        "network_ece": expected_calibration_error(network, labels),
     }
 
 
@@ -131,15 +142,16 @@ def _percent(value: float | None) -> str:
 def format_table(rows: list[dict]) -> str:
     """A markdown table, one row per (model, set) result with its `model`, `set` and optional `train_seconds`."""
     lines = [("| model | set | photos | accuracy | per class | ECE | hand found | confident: p >= t, count agrees | covers | right |"
-              " train time (s) |"),
-             "| :--- | :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              " network alone: accuracy, ECE | train time (s) |"),
+             "| :--- | :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         per_class = ", ".join(f"{c}: {a:.0%}" for c, a in row["per_class"].items())
         seconds = f"{row['train_seconds']:.0f}" if row.get("train_seconds") else ""
         lines.append(f"| {row['model']} | {row['set']} | {row['n']} | {row['accuracy']:.1%} | {per_class} | "
                      f"{row['ece']:.3f} | {_percent(row.get('hands_found'))} | {row['threshold']:.3f} | "
                      f"{_percent(row['confident_coverage'])} | "
-                     f"{_percent(row['confident_accuracy'])} | {seconds} |")
+                     f"{_percent(row['confident_accuracy'])} | "
+                     f"{row['network_accuracy']:.1%}, {row['network_ece']:.3f} | {seconds} |")
     return "\n".join(lines)
 
 
@@ -196,17 +208,18 @@ def prepared_set(name: str, sources: list, labels: torch.Tensor, size: int,
                     [framing for _, framing in prepared])
 
 
-def enlarged_set(val: data.Dataset, factor: int = 4) -> PhotoSet:
-    """val_signs photos enlarged `factor` times (bicubic), then through the product's preprocessing: SIGNS
-    photos as a camera at a higher resolution would give them, so the hand finder frames them. How a framing
-    treats SIGNS' own framing, measured on SIGNS data (for a hold-out model, whose val_signs are unseen)."""
+def enlarged_set(name: str, photos: data.Dataset, factor: int = 4) -> PhotoSet:
+    """SIGNS photos enlarged `factor` times (bicubic), then through the product's preprocessing: as a camera at
+    a higher resolution would give them, so the hand finder frames them and counts their fingers. How the
+    user's path treats SIGNS' own photos, measured on photos the model did not see (the test split; val_signs
+    for a hold-out model)."""
     from PIL import Image
 
-    size = val.images.shape[2]
-    photos = [Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size * factor, size * factor),
-                                                                      Image.Resampling.BICUBIC)
-              for image in val.images]
-    return prepared_set(f"val_signs x{factor}", photos, val.labels, size)
+    size = photos.images.shape[2]
+    enlarged = [Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size * factor, size * factor),
+                                                                        Image.Resampling.BICUBIC)
+                for image in photos.images]
+    return prepared_set(f"{name} x{factor}", enlarged, photos.labels, size)
 
 
 def held_out(model) -> bool:
@@ -215,11 +228,14 @@ def held_out(model) -> bool:
 
 
 def signs_sets(model, data_path: str | None) -> tuple[list[PhotoSet], data.Dataset]:
-    """test_signs.h5 (and val_signs for a hold-out model), and the val_signs photos for the confidence rule."""
+    """test_signs.h5 as it is and enlarged 4x (and val_signs, both ways, for a hold-out model), and the
+    val_signs photos for the confidence rule."""
     splits = data.load_splits(data_path, hold_out_validation=True, classes=model.classes)
-    sets = [PhotoSet("test_signs.h5", data.scale(splits.test.images), splits.test.labels)]
+    sets = [PhotoSet("test_signs.h5", data.scale(splits.test.images), splits.test.labels),
+            enlarged_set("test_signs.h5", splits.test)]
     if held_out(model):
-        sets.append(PhotoSet("val_signs", data.scale(splits.val.images), splits.val.labels))
+        sets += [PhotoSet("val_signs", data.scale(splits.val.images), splits.val.labels),
+                 enlarged_set("val_signs", splits.val)]
     return sets, splits.val
 
 
@@ -323,8 +339,6 @@ def thumbless_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str
 def measure(model_path: str, data_path: str | None, real: Path, out: Path | None, name: str) -> list[dict]:
     model = load_model(model_path)
     sets, val = signs_sets(model, data_path)
-    if held_out(model):
-        sets.append(enlarged_set(val))
     sets += [real_set(real / s, model.classes, model.image_size) for s in REAL_SETS]
     if held_out(model):
         reference = shifted_reference(val)
@@ -334,10 +348,11 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
     threshold = model.confidence_threshold
     rows = []
     for photos in sets:
-        probabilities = predict(model, photos.images)
+        network = predict(model, photos.images)
+        probabilities = photos.posterior(model, network)
         rows.append({"model": name, "set": photos.name, "path": model_path, "framing": hands.FRAMING}
                     | summarise(probabilities, photos.labels, model.classes, threshold, photos.hands_found(),
-                                photos.confident(model, probabilities)))
+                                photos.confident(model, probabilities), network))
         if out and photos.files:
             plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}.png")
             plot_answers(photos, probabilities, model.classes, out / name / f"{photos.name}_read.png", as_read=True)

@@ -35,13 +35,16 @@ def test_summary_counts_accuracy_classes_calibration_and_confident_answers():
     probabilities = one_hot_ish([0, 1, 1, 2], [0.9, 0.9, 0.6, 0.6])
     labels = torch.tensor([0, 1, 2, 2])  # the third answer is wrong
     everyone = torch.ones(4, dtype=torch.bool)
-    result = robustness.summarise(probabilities, labels, CLASSES, 0.8, everyone, torch.tensor([True, True, False, False]))
+    network = one_hot_ish([0, 1, 2, 2], [0.9, 0.9, 0.6, 0.6])  # before the count weighed it: all right
+    result = robustness.summarise(probabilities, labels, CLASSES, 0.8, everyone, torch.tensor([True, True, False, False]),
+                                  network)
     assert result["n"] == 4 and result["accuracy"] == pytest.approx(0.75)
     assert result["per_class"] == {"0": 1.0, "1": 1.0, "2": pytest.approx(0.5)}
     # ECE: bin 0.9 (2 photos, both right): 0.1 each; bin 0.6 (2 photos, half right): 0.1: 0.1 in all.
     assert result["ece"] == pytest.approx(0.1)
     assert result["confident_coverage"] == pytest.approx(0.5) and result["confident_accuracy"] == 1.0
-    nobody = robustness.summarise(probabilities, labels, CLASSES, 0.95, everyone, ~everyone)
+    assert result["network_accuracy"] == 1.0 and result["network_ece"] == pytest.approx(0.25)
+    nobody = robustness.summarise(probabilities, labels, CLASSES, 0.95, everyone, ~everyone, network)
     assert nobody["confident_coverage"] == 0 and nobody["confident_accuracy"] is None
     assert result["hands_found"] == 1.0
 
@@ -65,13 +68,30 @@ def test_the_benchmark_marks_answers_confident_by_the_products_rule(model_file):
     assert photos.confident(model, probabilities).tolist() == [True, False, False, True, True, False]
     assert photos.hands_found().tolist() == [True, False, True, True, True, True]
     result = robustness.summarise(probabilities, photos.labels, model.classes, 0.8, photos.hands_found(),
-                                  photos.confident(model, probabilities))
+                                  photos.confident(model, probabilities), probabilities)
     assert result["hands_found"] == pytest.approx(5 / 6) and result["confident_coverage"] == pytest.approx(0.5)
+
+
+def test_the_benchmark_weighs_answers_by_the_count_as_the_product_does(model_file):
+    """PhotoSet.posterior is LoadedModel.posterior, photo by photo: a photo with a count is weighed by it, one
+    without (no hand found, or read as it is) keeps the network's probabilities."""
+    from signs_resnet import load_model
+    from signs_resnet.data import Framing
+
+    model = load_model(model_file)
+    framings = [Framing(True, 0.9, (0, 0, 10, 10), 4), Framing(True), Framing()]
+    network = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.4, 0.6]] * 3)
+    photos = robustness.PhotoSet("photos", torch.zeros(3, 3, 64, 64), torch.tensor([4, 4, 4]), framings=framings)
+    answers = photos.posterior(model, network)
+    assert answers[0].argmax() == 4 and answers[0].sum() == pytest.approx(1)
+    assert answers[0].tolist() == pytest.approx(model.posterior(network[0].tolist(), framings[0]))
+    assert torch.equal(answers[1:], network[1:])
 
 
 def row(model, set_name, accuracy, worst_class=0.9, ece=0.05, coverage=0.6, confident=0.97):
     return {"model": model, "set": set_name, "n": 10, "accuracy": accuracy, "per_class": {"1": worst_class, "5": 1.0},
-            "ece": ece, "threshold": 0.8, "confident_coverage": coverage, "confident_accuracy": confident}
+            "ece": ece, "threshold": 0.8, "confident_coverage": coverage, "confident_accuracy": confident,
+            "network_accuracy": accuracy - 0.05, "network_ece": ece + 0.02}
 
 
 def test_table_has_a_row_per_result_and_the_targets_line_says_met_or_not():
@@ -80,8 +100,9 @@ def test_table_has_a_row_per_result_and_the_targets_line_says_met_or_not():
                                                      ("hands_frames", 0.6))]
     rows[0] |= {"train_seconds": 700.4}
     table = robustness.format_table(rows).splitlines()
-    assert len(table) == 2 + 9 and all(line.count("|") == 12 for line in table)
-    assert "| seed0 | test_signs.h5 | 10 | 99.0% | 1: 90%, 5: 100% | 0.050 | - | 0.800 | 60.0% | 97.0% | 700 |" in table
+    assert len(table) == 2 + 9 and all(line.count("|") == 13 for line in table)
+    assert ("| seed0 | test_signs.h5 | 10 | 99.0% | 1: 90%, 5: 100% | 0.050 | - | 0.800 | 60.0% | 97.0% | 94.0%, 0.070 "
+            "| 700 |") in table
     targets = robustness.targets_line(rows)
     assert "hands_crops >= 80%: met (85.0%)" in targets
     assert "hands_frames >= 70%: NOT met (60.0%)" in targets
