@@ -85,10 +85,33 @@ def test_the_hands_count_weighs_the_networks_probabilities(model_file):
     assert model.posterior(unsure, Framing(True, 0.9, box, 4))[4] > 0.55  # agreeing: surer
     sure = [0.0002, 0.0002, 0.0002, 0.0002, 0.0002, 0.999]
     assert max(range(6), key=model.posterior(sure, Framing(True, 0.9, box, 4)).__getitem__) == 5
-    for nothing_to_count in (Framing(), Framing(True), Framing(True, 0.9, box, None)):
+    for nothing_to_count in (Framing(), Framing(True), Framing(True, 0.9, box, None), Framing(True, 0.9, box, 6),
+                             Framing(True, 0.9, box, -1)):
         assert model.posterior(unsure, nothing_to_count) == unsure
+    assert model.posterior(unsure[:5], Framing(True, 0.9, box, 5)) == unsure[:5]  # not one per class
+    model.classes = ["5", "4", "3", "2", "1", "0"]  # by name, not by position
+    assert model.posterior(unsure[::-1], Framing(True, 0.9, box, 5)) == pytest.approx(weighed[::-1])
     model.classes = ["a", "b", "c", "d", "e", "f"]
     assert model.posterior(unsure, Framing(True, 0.9, box, 5)) == unsure
+
+
+def test_an_answer_is_weighed_once_then_judged(model_file):
+    """LoadedModel.answer, which every path answers through: a 5 at 70% whose hand shows five fingers is
+    weighed above the threshold (0.757) and is confident, though the network's own 70% is not; its label and
+    probabilities are the weighed ones."""
+    from signs_resnet.data import Framing
+
+    model = load_model(model_file)
+    model.metadata["confidence_threshold"] = 0.757
+    network = [0.06, 0.06, 0.06, 0.06, 0.06, 0.7]
+    five = Framing(True, 0.9, (0, 0, 10, 10), 5)
+    given = model.answer(network, five)
+    assert given.probabilities == model.posterior(network, five) and given.probabilities[5] > 0.95
+    assert (given.label, given.confident) == ("5", True)
+    assert not model.is_confident(network, five)  # the network's own probability does not reach it
+    assert model.answer(network, Framing()) == type(given)(network, "5", False)  # no count: as the network says
+    unsure_four = [0.0, 0.0, 0.0, 0.0, 0.6, 0.4]
+    assert model.answer(unsure_four, five).label == "5"  # the count tips it
 
 
 def test_the_count_likelihoods_are_distributions_that_favour_each_class_own_count():
@@ -121,14 +144,22 @@ def _sure_of(model, index: int, probability: float = 0.9):
     return network
 
 
+def _photo_showing(fingers: int) -> Path:
+    """The first real/hands_frames photo of class `fingers` whose hand's points show that many fingers."""
+    for photo in sorted((SHARED / "real" / "hands_frames" / str(fingers)).glob("*.jpg")):
+        if data.prepare(photo)[1].fingers == fingers:
+            return photo
+    pytest.skip(f"no real/hands_frames/{fingers} photo showing {fingers} fingers")
+
+
 @pytest.mark.slow
-def test_an_answer_the_hands_count_contradicts_is_not_confident_over_predict_and_v2(model_file, sample_jpg,
-                                                                                  tmp_path):
-    """A server whose model's threshold is 0 and whose network answers every photo "4" at 90%: sample.jpg's
-    hand shows five fingers, which lowers that answer without overruling it and makes it not confident, in /predict and in the
-    Open Inference Protocol (where the photo's framing travels from the decoded input to the answer). Both
-    give the network's probabilities weighed by that count (LoadedModel.posterior); FP32 input, framed by the
-    client, has no count, and its answer is the network's own."""
+def test_every_path_answers_with_the_count_weighed_in(model_file, sample_jpg, tmp_path):
+    """A server (and the CLI) whose network answers every photo "4" at 90%, threshold 0.95. sample.jpg's hand
+    shows five fingers: the "4" is weighed down but kept, and not confident. A photo whose hand shows four: the
+    "4" is weighed up past the threshold the network's 90% misses, and confident. /predict, the CLI and the
+    Open Inference Protocol (where the framing travels from the decoded input to the answer) give exactly
+    LoadedModel.answer's probabilities; FP32 input, framed by the client, has no count, and its answers are
+    the network's own 90%, not confident."""
     import base64
 
     from conftest import start_server
@@ -136,35 +167,47 @@ def test_an_answer_the_hands_count_contradicts_is_not_confident_over_predict_and
 
     model = load_model(model_file)
     four = model.classes.index("4")
-    save_model(tmp_path / "model.safetensors", _sure_of(model, four), model.metadata | {"confidence_threshold": 0.0})
+    save_model(tmp_path / "model.safetensors", _sure_of(model, four), model.metadata | {"confidence_threshold": 0.95})
     sure = load_model(tmp_path / "model.safetensors")
-    image, framing = data.prepare(sample_jpg)
-    network = predict(sure, image[None])[0].tolist()
-    weighed = sure.posterior(network, framing)
-    assert framing.fingers == 5 and network[four] == pytest.approx(0.9, abs=1e-4)
-    assert max(range(6), key=weighed.__getitem__) == four and weighed[four] < 0.85
+    photos = [sample_jpg, _photo_showing(4)]
+    prepared = [data.prepare(photo) for photo in photos]
+    network = [predict(sure, image[None])[0].tolist() for image, _ in prepared]
+    given = [sure.answer(row, framing) for row, (_, framing) in zip(network, prepared)]
+    assert [framing.fingers for _, framing in prepared] == [5, 4] and network[0][four] == pytest.approx(0.9, abs=1e-4)
+    assert [(a.label, a.confident) for a in given] == [("4", False), ("4", True)]
+    assert given[0].probabilities[four] < 0.85 < 0.95 < given[1].probabilities[four]
     server = start_server(tmp_path / "model.safetensors", tmp_path / "server.log", "--engine", "torch-fp32")
     try:
         with server.client() as client:
-            [result] = client.post("/predict", files=[("image", ("sample.jpg", sample_jpg.read_bytes()))]).json()[
+            results = client.post("/predict", files=[("image", (p.name, p.read_bytes())) for p in photos]).json()[
                 "results"]
-            assert (result["label"], result["hand"]["fingers"], result["confident"]) == ("4", 5, False)
-            served = {p["label"]: p["probability"] for p in result["predictions"]}
-            assert [served[name] for name in sure.classes] == pytest.approx(weighed, abs=1e-4)
-            encoded = base64.b64encode(sample_jpg.read_bytes()).decode()
-            request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [encoded]}]}
+            for result, expected, (_, framing) in zip(results, given, prepared):
+                assert (result["label"], result["confident"]) == (expected.label, expected.confident)
+                assert result["hand"]["fingers"] == framing.fingers
+                served = {p["label"]: p["probability"] for p in result["predictions"]}
+                assert [served[name] for name in sure.classes] == pytest.approx(expected.probabilities, abs=1e-4)
+            encoded = [base64.b64encode(p.read_bytes()).decode() for p in photos]
+            request = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": encoded}]}
             outputs = {o["name"]: o["data"] for o in client.post("/v2/models/signs-resnet50/infer",
                                                                  json=request).json()["outputs"]}
-            assert outputs["label"] == ["4"] and outputs["confident"] == [False]
-            assert outputs["probabilities"] == pytest.approx(weighed, abs=1e-4)
-            fp32 = {"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32",
-                                "data": image.flatten().tolist()}]}
+            assert outputs["label"] == ["4", "4"] and outputs["confident"] == [False, True]
+            assert outputs["probabilities"] == pytest.approx([p for a in given for p in a.probabilities], abs=1e-4)
+            fp32 = {"inputs": [{"name": "input", "shape": [2, 3, 64, 64], "datatype": "FP32",
+                                "data": [v for image, _ in prepared for v in image.flatten().tolist()]}]}
             outputs = {o["name"]: o["data"] for o in client.post("/v2/models/signs-resnet50/infer",
                                                                  json=fp32).json()["outputs"]}
-            assert outputs["label"] == ["4"] and outputs["confident"] == [True]  # no hand looked for: no count
-            assert outputs["probabilities"] == pytest.approx(network, abs=1e-4)
+            assert outputs["label"] == ["4", "4"] and outputs["confident"] == [False, False]  # 90% < 0.95
+            assert outputs["probabilities"] == pytest.approx([p for row in network for p in row], abs=1e-4)
     finally:
         server.stop()
+    command = [sys.executable, "-m", "signs_resnet", "predict", "--model", str(tmp_path / "model.safetensors"),
+               "--engine", "torch-fp32", "--json", *map(str, photos)]
+    answers = json.loads(subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                                        check=True).stdout)
+    assert [(a["label"], a["confident"]) for a in answers] == [("4", False), ("4", True)]
+    for answer, expected in zip(answers, given):
+        assert [answer["probabilities"][name] for name in sure.classes] == pytest.approx(expected.probabilities,
+                                                                                        abs=1e-4)
 
 
 def test_v2_answers_carry_a_confident_output(client):

@@ -80,9 +80,8 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
         for result in results:
             if "error" not in result:
                 row, framing = next(answered)
-                row = engine.model.posterior(row, framing)
-                confident = engine.model.is_confident(row, framing)
-                result |= answer(row, engine.model.classes, confident, framing.answer())
+                given = engine.model.answer(row, framing)
+                result |= answer(given.probabilities, engine.model.classes, given.confident, framing.answer())
     yield from results
 
 

@@ -29,6 +29,16 @@ def default_model_path() -> str:
 DEFAULT_CONFIDENCE_THRESHOLD = 0.998
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One photo's answer (LoadedModel.answer): its class probabilities (weighed by the hand's count), the most
+    probable class, and whether the answer is confident."""
+
+    probabilities: list[float]
+    label: str
+    confident: bool
+
+
 @dataclass
 class LoadedModel:
     network: ResNet50Model
@@ -53,7 +63,8 @@ class LoadedModel:
         often SIGNS hands of that class show that count, hands.COUNT_LIKELIHOOD, summing to 1 again). The
         network's own where there is no count (photos read as they are, no hand found) and for models whose
         classes are not SIGNS' (docs/accuracy.md, "The hand's count")."""
-        if framing.fingers is None or not all(name in COUNT_LIKELIHOOD for name in self.classes):
+        if (framing.fingers not in range(6) or len(probabilities) != len(self.classes)
+                or not all(name in COUNT_LIKELIHOOD for name in self.classes)):
             return probabilities
         weighed = [p * COUNT_LIKELIHOOD[name][framing.fingers] for p, name in zip(probabilities, self.classes)]
         total = sum(weighed)
@@ -66,6 +77,14 @@ class LoadedModel:
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         return (framing.hand_found and framing.shows(self.classes[best])
                 and probabilities[best] >= self.confidence_threshold)
+
+    def answer(self, probabilities: list[float], framing: Framing) -> Answer:
+        """The answer to one photo from the network's probabilities and where its hand was found: weighed by
+        the hand's count once (posterior), then judged by the confidence rule (is_confident). Every path
+        that answers a photo (the CLI, /predict, KServe v2, gRPC) answers through this."""
+        weighed = self.posterior(probabilities, framing)
+        best = max(range(len(weighed)), key=weighed.__getitem__)
+        return Answer(weighed, self.classes[best], self.is_confident(weighed, framing))
 
 
 def save_model(path: str | Path, model: ResNet50Model, metadata: dict[str, Any]) -> str:

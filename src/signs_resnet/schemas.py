@@ -20,8 +20,8 @@ class HandFound(BaseModel):
                                                      "null: no hand, the whole photo")
     fingers: int | None = Field(None, ge=0, le=5,
                                 description="how many fingers, the thumb among them, the hand's points show held "
-                                            "out; an answer of 1 to 5 counting otherwise is not confident; null: "
-                                            "no hand")
+                                            "out; it weighs the probabilities, and an answer of 1 to 5 counting "
+                                            "otherwise is not confident; null: no hand")
 
 
 class ImageResult(BaseModel):
@@ -33,7 +33,8 @@ class ImageResult(BaseModel):
                                         "data; an answer that is not confident is often wrong")
     hand: HandFound | None = Field(description="where the hand was found; null for a photo no larger than the model's "
                                                "input (64x64), which is read as it is")
-    predictions: list[Prediction] = Field(description="every class, most probable first")
+    predictions: list[Prediction] = Field(description="every class, most probable first: the network's probabilities, "
+                                                      "weighed by the hand's count of fingers where it has one")
     image: str | None = Field(None, description="with ?include_image=true: the 64x64 model input (the hand's square) as a PNG "
                                          "data URL")
 

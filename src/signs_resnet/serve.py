@@ -146,11 +146,10 @@ async def predict_route(request: Request) -> JSONResponse:
     (framings, pngs), result, decode_seconds = await runtime.classify(prepare_all, len(uploads), inline)
     results = []
     for index, (name, _) in enumerate(uploads):
-        probabilities = engine.model.posterior(result.probabilities[index], framings[index])
-        predictions = _sorted_predictions(probabilities, engine.model.classes)
+        given = engine.model.answer(result.probabilities[index], framings[index])
+        predictions = _sorted_predictions(given.probabilities, engine.model.classes)
         results.append({"filename": name, "label": predictions[0]["label"],
-                        "probability": predictions[0]["probability"],
-                        "confident": engine.model.is_confident(probabilities, framings[index]),
+                        "probability": predictions[0]["probability"], "confident": given.confident,
                         "hand": framings[index].answer(), "predictions": predictions})
         if pngs:
             results[-1]["image"] = pngs[index]

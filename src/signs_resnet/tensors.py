@@ -5,8 +5,10 @@ carriers into `InputTensor`s and hand them here, so each check is made once, wit
 
     "input" FP32 [N, 3, 64, 64]: images already prepared (data.prepare_image: RGB scaled to [0, 1])
     "image" BYTES [N]: image files (JPEG, PNG, ...), prepared here exactly as /predict does (the hand found)
- -> "probabilities" FP32 [N, classes], "label" BYTES [N] and "confident" BOOL [N] (a hand was found, its
-    points show the label's count of fingers and the top probability reaches the model's confidence threshold:
+ -> "probabilities" FP32 [N, classes] (for "image" files, the network's weighed by the count of fingers the
+    hand's points show, as /predict's are: LoadedModel.answer, docs/accuracy.md, "The hand's count"; for
+    "input", the network's own), "label" BYTES [N] and "confident" BOOL [N] (a hand was found, its points
+    show the label's count of fingers and the top probability reaches the model's confidence threshold:
     LoadedModel.is_confident, docs/accuracy.md, "Confidence")
 
 A tensor's data comes as the carrier has it: a list (JSON `data`: numbers, or base64 strings for BYTES;
@@ -136,14 +138,12 @@ def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels
 def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str],
                    framings: Sequence[Framing]) -> list[OutputTensor]:
     """The requested outputs (all when none are) of the batch's rows of probabilities; `framings`: where
-    each image's hand was found (images_of), whose count weighs each row (LoadedModel.posterior)."""
-    rows = [model.posterior(row, framing) for row, framing in zip(rows, framings)]
-    labels = [model.classes[max(range(len(row)), key=row.__getitem__)] for row in rows]
-    confident = [model.is_confident(row, framing) for row, framing in zip(rows, framings)]
+    each image's hand was found (images_of), whose count weighs each row (LoadedModel.answer)."""
+    answers = [model.answer(row, framing) for row, framing in zip(rows, framings)]
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
-                                             [value for row in rows for value in row]),
-               "label": OutputTensor("label", "BYTES", [len(rows)], labels),
-               "confident": OutputTensor("confident", "BOOL", [len(rows)], confident)}
+                                             [value for given in answers for value in given.probabilities]),
+               "label": OutputTensor("label", "BYTES", [len(rows)], [given.label for given in answers]),
+               "confident": OutputTensor("confident", "BOOL", [len(rows)], [given.confident for given in answers])}
     return [tensors[name] for name in requested or OUTPUTS]
 
 
