@@ -5,6 +5,7 @@ only when they are missing, and gives the same answer from several threads."""
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED
+from conftest import ROOT, SHARED
 from signs_resnet import data, hands
 from signs_resnet.augment import hand_mask, procedural_backgrounds
 
@@ -347,3 +348,15 @@ def test_a_close_up_in_a_huge_photo_is_cut_from_a_reduced_copy(monkeypatch):
     assert right - left >= side and framing.hand_found
     assert np.abs(pixels[32, 32].astype(int) - np.array([200, 150, 120])).max() <= 8  # the hand, its edge blurred
     assert np.abs(pixels[2, 2].astype(int) - np.array(data.BACKGROUND)).max() <= 2  # past the photo's edge
+
+
+def test_the_count_likelihood_is_counted_per_class_with_one_added_to_every_cell():
+    """benchmarks/finger_count.py's table: per class "0" to "5", the share of its hands showing each count,
+    one added to every cell (a class with no hands is even)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import finger_count
+
+    table = finger_count.likelihood(np.array([4, 4, 5, 3]), np.array([4, 4, 4, 5]))
+    assert table["4"] == tuple(round(v / 9, 3) for v in (1, 1, 1, 1, 3, 2))
+    assert table["5"] == tuple(round(v / 7, 3) for v in (1, 1, 1, 2, 1, 1))
+    assert table["0"] == (round(1 / 6, 3),) * 6
