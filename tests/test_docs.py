@@ -154,7 +154,8 @@ def test_the_readme_python_example_runs_as_written(tmp_path, model_file, sample_
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() in [str(c) for c in range(6)]
+    label, confident = result.stdout.split()
+    assert label in [str(c) for c in range(6)] and confident in ("True", "False")
 
 
 def test_the_tritonclient_examples_in_api_md_run_against_the_server(server, sample_jpg, tmp_path):
