@@ -212,7 +212,8 @@ def enlarged_set(name: str, photos: data.Dataset, factor: int = 4) -> PhotoSet:
     """SIGNS photos enlarged `factor` times (bicubic), then through the product's preprocessing: as a camera at
     a higher resolution would give them, so the hand finder frames them and counts their fingers. How the
     user's path treats SIGNS' own photos, measured on photos the model did not see (the test split; val_signs
-    for a hold-out model)."""
+    for a hold-out model, though the count's table, hands.COUNT_LIKELIHOOD, was counted on all 1080 training
+    photos, val_signs among them)."""
     from PIL import Image
 
     size = photos.images.shape[2]
