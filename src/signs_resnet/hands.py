@@ -66,7 +66,7 @@ ARM_LENGTH, ARM_WIDTH = 4.0, 0.9
 MIN_FINGER, MIN_PALM = 0.2, 0.6
 # A finger is held out when its tip is this many times farther from the wrist than its middle joint; the thumb
 # when its tip is this many palm lengths (wrist to middle knuckle) from the palm's centre. Fitted to the 1080
-# SIGNS training photos enlarged 4x: `python benchmarks/finger_count.py` (docs/accuracy.md, "Confidence").
+# SIGNS training photos enlarged 4x: `python benchmarks/finger_count.py` (docs/accuracy.md, "The hand's count").
 FINGER_OUT, THUMB_OUT = 1.22, 0.80
 FINGER_JOINTS = ((6, 8), (10, 12), (14, 16), (18, 20))  # each finger's middle joint and tip
 PALM_CENTRE = (0, 5, 9, 13, 17)  # the palm's centre: the mean of the wrist and the four knuckles
