@@ -26,9 +26,11 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from signs_resnet import data, load_model, predict  # noqa: E402
-from signs_resnet.train import TrainConfig, fit  # noqa: E402
-
+from signs_resnet import load_model  # noqa: E402
+from signs_resnet.data import datasets, preprocess
+from signs_resnet.inference.forward import predict
+from signs_resnet.training.config import TrainConfig  # noqa: E402
+from signs_resnet.training.train import fit  # noqa: E402
 
 # The accuracy issue's targets: at most 1 of the 120 test photos wrong at the median, 2 on any seed, 3 minutes.
 TARGET_MEDIAN, TARGET_MIN, TARGET_SECONDS = 119 / 120, 118 / 120, 180
@@ -71,18 +73,18 @@ TRANSFORMS = {
 }
 
 
-def robustness(model, test: data.Dataset) -> dict[str, float]:
+def robustness(model, test: datasets.Dataset) -> dict[str, float]:
     results = {}
     for name, transform in TRANSFORMS.items():
         rng = np.random.default_rng(0)
         images = [transform(Image.fromarray(x.permute(1, 2, 0).numpy()), rng) for x in test.images]
-        batch = torch.stack([data.prepare_image(image) for image in images])
+        batch = torch.stack([preprocess.prepare_image(image) for image in images])
         predicted = predict(model, batch).argmax(1)
         results[name] = (predicted == test.labels).float().mean().item()
     return results
 
 
-def near_duplicates(test: data.Dataset, train: data.Dataset) -> torch.Tensor:
+def near_duplicates(test: datasets.Dataset, train: datasets.Dataset) -> torch.Tensor:
     """For each test photo, whether some training photo is within NEAR_DUPLICATE_MSE of it."""
     if test.images.shape[1:] != train.images.shape[1:]:
         return torch.zeros(len(test), dtype=torch.bool)
@@ -111,9 +113,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="keep each seed's run (model, curves, confusion matrix) in DIR/seedN")
     args = parser.parse_args()
     rows, robust = [], {}
-    splits = data.load_splits(args.data)
+    splits = datasets.load_splits(args.data)
     if splits.train is None or splits.test is None:
-        sys.exit(f"{args.data or data.default_data_path()}: needs both a training and a test split")
+        sys.exit(f"{args.data or datasets.default_data_path()}: needs both a training and a test split")
     test_set, duplicated = splits.test, near_duplicates(splits.test, splits.train)
     del splits  # fit() loads its own copy of the training photos
     with contextlib.nullcontext(args.out) if args.out else tempfile.TemporaryDirectory() as folder:

@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from signs_resnet import data, load_model, predict  # noqa: E402
-from signs_resnet.augment import hand_mask  # noqa: E402
+from signs_resnet import load_model  # noqa: E402
+from signs_resnet.data import datasets, preprocess
+from signs_resnet.inference.forward import predict
+from signs_resnet.training.augment import hand_mask  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robustness import real_set  # noqa: E402
@@ -74,9 +76,9 @@ def main() -> None:
     if args.per_row < 1:
         parser.error("--per-row must be at least 1")
     model = load_model(args.model)
-    real = args.real or data.default_data_path().parent / "real"
-    test = data.load_splits(args.data, classes=model.classes).test
-    signs_images = data.scale(test.images)
+    real = args.real or datasets.default_data_path().parent / "real"
+    test = datasets.load_splits(args.data, classes=model.classes).test
+    signs_images = preprocess.scale(test.images)
     crops = real_set(real / "hands_crops", model.classes, model.image_size)
 
     rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # title, images, labels, probabilities

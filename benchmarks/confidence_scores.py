@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import robustness  # noqa: E402
 
-from signs_resnet import data, load_model  # noqa: E402
+from signs_resnet import load_model  # noqa: E402
+from signs_resnet.data import datasets
 
 
 @torch.inference_mode()
@@ -55,7 +56,7 @@ def threshold(probabilities: torch.Tensor, score: torch.Tensor, labels: torch.Te
 
 def main() -> None:
     model = load_model(sys.argv[1])
-    real = data.default_data_path().parent / "real"
+    real = datasets.default_data_path().parent / "real"
     _, val = robustness.signs_sets(model, None)
     reference = robustness.shifted_reference(val)
     sets = {name: robustness.real_set(real / name, model.classes, model.image_size) for name in robustness.REAL_SETS}

@@ -22,9 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from signs_resnet.data import load_hdf5, scale  # noqa: E402
-from signs_resnet.engines import ENGINES, load_engine  # noqa: E402
-from signs_resnet.predict import load_model, predict  # noqa: E402
+from signs_resnet.data.datasets import load_hdf5  # noqa: E402
+from signs_resnet.data.preprocess import scale  # noqa: E402
+from signs_resnet.inference.engines import ENGINES, load_engine  # noqa: E402
+from signs_resnet.inference.forward import predict  # noqa: E402
+from signs_resnet.model_file import load_model  # noqa: E402
 
 TEST_PHOTOS = ROOT.parent / "shared" / "data" / "signs" / "test_signs.h5"
 

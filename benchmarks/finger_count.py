@@ -1,4 +1,4 @@
-"""Fit and measure the hand's own count of fingers (hands.Hand.fingers) on SIGNS photos.
+"""Fit and measure the hand's own count of fingers (geometry.Hand.fingers) on SIGNS photos.
 
     python benchmarks/finger_count.py [--data DIR]
 
@@ -18,10 +18,10 @@ whose curled fingers are neither held out nor folded, so it takes no part in the
 that tells the most fingers apart. Nothing from real/ is used. It prints the thresholds, how often the count
 agrees with each SIGNS class, and the same on the 120 test photos (not used to fit).
 
-It also fits hands.COUNT_LIKELIHOOD, with which an answer weighs the network's probabilities by the count
-(LoadedModel.posterior): on the same training photos, at hands.py's thresholds, how often a hand of each class
+It also fits reading.COUNT_LIKELIHOOD, with which an answer weighs the network's probabilities by the count
+(answer.posterior): on the same training photos, at hands/reading.py's thresholds, how often a hand of each class
 shows each count from 0 to 5, one added to every cell (so that no count rules a class out). It prints the
-table as hands.py holds it, and says whether hands.py's is the same.
+table as hands/reading.py holds it, and says whether its is the same.
 """
 
 from __future__ import annotations
@@ -34,19 +34,20 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from signs_resnet import data, hands  # noqa: E402
+from signs_resnet.data import datasets
+from signs_resnet.hands import detector, geometry, reading
 
 FACTOR = 4
 # Which of (thumb, index, middle, ring, little) SIGNS' classes hold out.
 HELD_OUT = {1: (0, 1, 0, 0, 0), 2: (0, 1, 1, 0, 0), 3: (1, 1, 1, 0, 0), 4: (0, 1, 1, 1, 1), 5: (1, 1, 1, 1, 1)}
 
 
-def landmarks(dataset: data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def landmarks(dataset: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The hands found in the enlarged photos (K x 21 x 2) and their class names' counts (K)."""
     points, counts = [], []
     for image, label in zip(dataset.images, dataset.labels.tolist()):
         photo = Image.fromarray(image.permute(1, 2, 0).numpy())
-        hand = hands.find_hand(photo.resize((photo.width * FACTOR, photo.height * FACTOR), Image.Resampling.BICUBIC))
+        hand = detector.find_hand(photo.resize((photo.width * FACTOR, photo.height * FACTOR), Image.Resampling.BICUBIC))
         if hand is not None:
             points.append(hand.points)
             counts.append(int(dataset.classes[label]))
@@ -76,23 +77,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="SIGNS data (default: $SIGNS_DATA or ../shared/data/signs)")
     args = parser.parse_args()
-    splits = data.load_splits(args.data, hold_out_validation=False)
+    splits = datasets.load_splits(args.data, hold_out_validation=False)
     points, counts = landmarks(splits.train)
     print(f"hands found in {len(points)} of {len(splits.train.labels)} SIGNS training photos enlarged {FACTOR}x")
     used = counts > 0
-    values, out = hands.finger_ratios(points)[used], np.array([HELD_OUT[c] for c in counts[used]], dtype=bool)
+    values, out = reading.finger_ratios(points)[used], np.array([HELD_OUT[c] for c in counts[used]], dtype=bool)
     thumb, thumb_right = fit(values[:, 0], out[:, 0])
     finger, finger_right = fit(values[:, 1:].ravel(), out[:, 1:].ravel())
     print(f"THUMB_OUT = {thumb:.2f} (tells {thumb_right:.1%} of the thumbs apart); "
-          f"FINGER_OUT = {finger:.2f} ({finger_right:.1%} of the fingers); in hands.py: {hands.THUMB_OUT}, "
-          f"{hands.FINGER_OUT}")
+          f"FINGER_OUT = {finger:.2f} ({finger_right:.1%} of the fingers); in hands/reading.py: {reading.THUMB_OUT}, "
+          f"{reading.FINGER_OUT}")
     for name, dataset in (("training photos", splits.train), ("test photos", splits.test)):
         if dataset is None:
             continue
         points, counts = landmarks(dataset) if dataset is not splits.train else (points, counts)
-        shown = np.array([hands.Hand(p, 1.0).fingers() for p in points])
+        shown = np.array([geometry.Hand(p, 1.0).fingers() for p in points])
         per_class = ", ".join(f"{c}: {(shown[counts == c] == c).mean():.0%}" for c in np.unique(counts))
-        print(f"{name}: the count (hands.py's thresholds) agrees with {(shown == counts).mean():.1%} of "
+        print(f"{name}: the count (hands/reading.py's thresholds) agrees with {(shown == counts).mean():.1%} of "
               f"{len(counts)} hands found ({per_class})")
         if dataset is splits.train:
             told = np.array([s is not None for s in shown])
@@ -100,7 +101,7 @@ def main() -> None:
             print("COUNT_LIKELIHOOD = {  # class: P(count 0, 1, ..., 5 | class)")
             for c, row in table.items():
                 print(f'    "{c}": ({", ".join(f"{v:.3f}" for v in row)}),')
-            print(f"}}  (hands.py holds {'the same' if table == hands.COUNT_LIKELIHOOD else 'another'})")
+            print(f"}}  (hands/reading.py holds {'the same' if table == reading.COUNT_LIKELIHOOD else 'another'})")
 
 
 if __name__ == "__main__":

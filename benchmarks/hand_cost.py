@@ -1,10 +1,10 @@
-"""What finding the hand costs per photo: `data.prepare` with the hand finder and without it, alternated.
+"""What finding the hand costs per photo: `preprocess.prepare` with the hand finder and without it, alternated.
 
     python benchmarks/hand_cost.py [--rounds 7] [--repeats 20]
 
 For three photos people send (a 64x64 SIGNS JPEG, what the load benchmark posts; a 400x300 webcam frame
 from real/hands_frames; the 1080x1440 phone photo sample.jpg), the median over `rounds` of the mean time of
-`repeats` calls of `data.prepare` on the file's bytes, in one thread, with the finder as shipped (the hand
+`repeats` calls of `preprocess.prepare` on the file's bytes, in one thread, with the finder as shipped (the hand
 found and cut out), with the finder but no cut-out (`_cut_out` replaced by a plain crop of the square) and
 with it switched off (`frame_hand` replaced by "read the whole photo"), the three alternating round by
 round so that all see the same machine. The finder's first call (compiling its models, about 0.2 s) is made
@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from predict_files import cpu_name  # noqa: E402
-from signs_resnet import data, hands  # noqa: E402
+
+from signs_resnet.data import preprocess
+from signs_resnet.hands import detector
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -36,11 +38,11 @@ def photos() -> dict[str, bytes]:
             "1080x1440 phone photo (sample.jpg)": (SHARED / "samples" / "sample.jpg").read_bytes()}
 
 
-def whole_photo(image, size=data.IMAGE_SIZE):
-    return image, data.Framing()
+def whole_photo(image, size=preprocess.IMAGE_SIZE):
+    return image, preprocess.Framing()
 
 
-def square_only(image, hand, box, size=data.IMAGE_SIZE):
+def square_only(image, hand, box, size=preprocess.IMAGE_SIZE):
     """The square around the hand as it is in the photo, the room left in (the finder without the cut-out)."""
     return image.crop(box)
 
@@ -48,7 +50,7 @@ def square_only(image, hand, box, size=data.IMAGE_SIZE):
 def mean_seconds(blob: bytes, repeats: int) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
-        data.prepare(blob)
+        preprocess.prepare(blob)
     return (time.perf_counter() - started) / repeats
 
 
@@ -60,21 +62,21 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    hands.finder()
-    shipped, cut_out = data.frame_hand, data._cut_out
+    detector.finder()
+    shipped, cut_out = preprocess.frame_hand, preprocess._cut_out
     arms = {"without": (whole_photo, cut_out), "square": (shipped, square_only), "with": (shipped, cut_out)}
     print(f"{cpu_name()}; medians of {args.rounds} rounds "
-          f"x {args.repeats} calls of data.prepare, one thread")
+          f"x {args.repeats} calls of preprocess.prepare, one thread")
     print(f"{'photo':<48} {'without (ms)':>13} {'square, no cut-out (ms)':>24} {'with (ms)':>10} {'ratio':>6} "
           f"{'found':>6}")
     for name, blob in photos().items():
         timings = {arm: [] for arm in arms}
         for _ in range(args.rounds):
-            for arm, (data.frame_hand, data._cut_out) in arms.items():
+            for arm, (preprocess.frame_hand, preprocess._cut_out) in arms.items():
                 timings[arm].append(mean_seconds(blob, args.repeats))
-        data.frame_hand, data._cut_out = shipped, cut_out
+        preprocess.frame_hand, preprocess._cut_out = shipped, cut_out
         without, square, with_finder = (statistics.median(timings[arm]) * 1000 for arm in arms)
-        framing = data.prepare(blob)[1]
+        framing = preprocess.prepare(blob)[1]
         found = "-" if not framing.searched else ("yes" if framing.score is not None else "no")
         print(f"{name:<48} {without:>13.2f} {square:>24.2f} {with_finder:>10.2f} {with_finder / without:>5.2f}x "
               f"{found:>6}")

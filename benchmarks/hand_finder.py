@@ -32,8 +32,10 @@ from PIL import Image, ImageOps
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from signs_resnet import data, load_model, predict  # noqa: E402
-from signs_resnet.augment import AugmentConfig, hand_mask, procedural_backgrounds, random_colour  # noqa: E402
+from signs_resnet import load_model  # noqa: E402
+from signs_resnet.data import datasets, decoding, preprocess
+from signs_resnet.inference.forward import predict
+from signs_resnet.training.augment import AugmentConfig, hand_mask, procedural_backgrounds, random_colour  # noqa: E402
 
 FINDER_SIZE = 96  # the side the frame is resized to for the finder
 STRIDE = 8  # one grid cell per 8 input pixels: a 12 x 12 grid
@@ -256,7 +258,7 @@ def fit_finder(photos: torch.Tensor, seed: int, config: FinderConfig = FinderCon
 
 def padded(path: Path) -> Image.Image:
     """The photo as prepare_image sees it before resizing: RGB, upright, padded to a square."""
-    return data._pad_to_square(data._to_rgb(ImageOps.exif_transpose(Image.open(path))))
+    return preprocess._pad_to_square(decoding._to_rgb(ImageOps.exif_transpose(Image.open(path))))
 
 
 def crop_to_hand(finder: HandFinder, image: Image.Image) -> Image.Image:
@@ -288,7 +290,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="SIGNS data (default: $SIGNS_DATA or ../shared/data/signs)")
     args = parser.parse_args()
     model = load_model(args.model)
-    splits = data.load_splits(args.data)
+    splits = datasets.load_splits(args.data)
     started = time.perf_counter()
     finder = fit_finder(splits.train.images, args.seed, FinderConfig(steps=args.steps))
     print(f"trained in {time.perf_counter() - started:.0f} s ({args.steps} steps)")
@@ -298,15 +300,15 @@ def main() -> None:
     print(f"SIGNS test hands pasted into synthetic frames: IoU median {overlap.median():.3f}, "
           f">= 0.5 on {(overlap >= 0.5).float().mean():.1%}")
     print(f"SIGNS test photos left whole: {(find(finder, test)[:, 2] >= WHOLE_FRAME).float().mean():.1%}")
-    real = Path(args.data or data.default_data_path()).parent / "real"
+    real = Path(args.data or datasets.default_data_path()).parent / "real"
     for name in ("hands_frames", "hands_crops"):
-        files = data.image_files(real / name)[:: args.every]
+        files = datasets.image_files(real / name)[:: args.every]
         labels = [f.parent.name for f in files]
         photos = [padded(f) for f in files]
         crops = [crop_to_hand(finder, p) for p in photos]
         whole = np.mean([c is p for c, p in zip(crops, photos)])
         for label, images in (("plain prepare_image", photos), ("hand finder", crops)):
-            total, per_class = accuracy(model, [data.prepare_image(i) for i in images], labels)
+            total, per_class = accuracy(model, [preprocess.prepare_image(i) for i in images], labels)
             classes = ", ".join(f"{c}: {v:.0%}" for c, v in per_class.items())
             print(f"{name} ({len(files)}), {label}: {total:.1%} ({classes})")
         print(f"{name}: left whole by the finder: {whole:.1%}")

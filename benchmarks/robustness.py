@@ -16,12 +16,12 @@ trained once per seed, it measures on
   test_signs.h5 x4   the test split enlarged 4x, as a camera at a higher resolution would give them, so the
                      hand finder frames them and counts their fingers: SIGNS photos through the user's path
   val_signs x4       the same for val_signs, for a hold-out model
-Every file goes through data.prepare (the hand found and cut out), the path `signs predict` and the server
+Every file goes through preprocess.prepare (the hand found and cut out), the path `signs predict` and the server
 take; the network's probabilities come from predict() (PyTorch fp32, the model's temperature), which the
 server's engines match to ~0.04, and are weighed by the hand's count of fingers as every answer's are
-(LoadedModel.posterior). The table gives the network's own accuracy and ECE beside the answers'.
+(answer.posterior). The table gives the network's own accuracy and ECE beside the answers'.
 
-Confident answers: the product's rule (LoadedModel.is_confident): the hand was found (or not looked for,
+Confident answers: the product's rule (answer.is_confident): the hand was found (or not looked for,
 in 64x64 photos), its points show as many fingers as the answer counts, and the top probability reaches the
 model's stored threshold. How a
 recipe's threshold is fixed, from SIGNS data alone (`confident_threshold`), is printed for hold-out runs:
@@ -37,7 +37,7 @@ same photos as the network read them: the hand cut out) and DIR/<model>/<set>_er
 --augmented-grid FILE draws training photos as they are (first row) and three draws of the default
 recipe's augmentation at its first step (its largest cut-out and background shares), seeded.
 --thumbless-grid FILE draws training 5s (first row) and the same with the thumb painted out, as the recipe
-swaps them in for 4s (data.thumbless_photos).
+swaps them in for 4s (synthetic.thumbless_photos).
 """
 
 from __future__ import annotations
@@ -54,10 +54,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from signs_resnet import data, hands, load_model, predict  # noqa: E402
-from signs_resnet.augment import AugmentConfig, augment, composite_backgrounds  # noqa: E402
-from signs_resnet.evaluate import expected_calibration_error  # noqa: E402
-from signs_resnet.train import TrainConfig, fit, swap_in_cut_outs  # noqa: E402
+from signs_resnet import (
+    answer,
+    load_model,  # noqa: E402
+)
+from signs_resnet.data import datasets, preprocess
+from signs_resnet.hands import geometry
+from signs_resnet.inference.forward import predict
+from signs_resnet.training import synthetic
+from signs_resnet.training.augment import AugmentConfig, augment, composite_backgrounds  # noqa: E402
+from signs_resnet.training.config import TrainConfig  # noqa: E402
+from signs_resnet.training.evaluate import expected_calibration_error  # noqa: E402
+from signs_resnet.training.synthetic import swap_in_cut_outs  # noqa: E402
+from signs_resnet.training.train import fit  # noqa: E402
 
 REAL_SETS = ("hands_crops", "hands_frames")
 # The share of confident answers that should be right on the shifted SIGNS reference photos.
@@ -74,25 +83,25 @@ class PhotoSet:
     images: torch.Tensor  # float N x 3 x H x W in [0, 1], the model's input
     labels: torch.Tensor  # int64 N, indices into the model's classes
     files: list[Path] | None = None  # the photos' files, for the grids
-    # where the hand was looked for and found (data.Framing), one per photo; None: photos read as they are
-    framings: list[data.Framing] | None = None
+    # where the hand was looked for and found (preprocess.Framing), one per photo; None: photos read as they are
+    framings: list[preprocess.Framing] | None = None
 
-    def framing(self, index: int) -> data.Framing:
-        """Where photo `index` was read: data.Framing() (not looked for) for photos read as they are."""
-        return self.framings[index] if self.framings else data.Framing()
+    def framing(self, index: int) -> preprocess.Framing:
+        """Where photo `index` was read: preprocess.Framing() (not looked for) for photos read as they are."""
+        return self.framings[index] if self.framings else preprocess.Framing()
 
     def hands_found(self) -> torch.Tensor:
-        """Per photo, whether its hand was found, or not looked for (data.Framing)."""
+        """Per photo, whether its hand was found, or not looked for (preprocess.Framing)."""
         return torch.tensor([self.framing(i).hand_found for i in range(len(self.labels))])
 
     def posterior(self, model, probabilities: torch.Tensor) -> torch.Tensor:
         """The product's answers: the network's probabilities weighed by each photo's hand's count of fingers
-        (LoadedModel.posterior)."""
-        return torch.tensor([model.posterior(row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
+        (answer.posterior)."""
+        return torch.tensor([answer.posterior(model, row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
 
     def confident(self, model, probabilities: torch.Tensor) -> torch.Tensor:
-        """Per photo, whether the product marks its answer confident (LoadedModel.is_confident)."""
-        return torch.tensor([model.is_confident(row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
+        """Per photo, whether the product marks its answer confident (answer.is_confident)."""
+        return torch.tensor([answer.is_confident(model, row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -190,9 +199,9 @@ def targets_line(rows: list[dict]) -> str:
 
 
 def real_set(folder: Path, classes: list[str], size: int) -> PhotoSet:
-    """A real/ folder (class/*.jpg), each file through the product's preprocessing (data.prepare: the hand
+    """A real/ folder (class/*.jpg), each file through the product's preprocessing (preprocess.prepare: the hand
     found and cut out, as `signs predict` and the server do); folder names are class labels."""
-    files = sorted(f for f in folder.glob("*/*") if f.suffix.lower() in data.IMAGE_SUFFIXES)
+    files = sorted(f for f in folder.glob("*/*") if f.suffix.lower() in datasets.IMAGE_SUFFIXES)
     unknown = {f.parent.name for f in files} - set(classes)
     if unknown:
         raise ValueError(f"{folder}: classes {sorted(unknown)} are not the model's {classes}")
@@ -202,17 +211,17 @@ def real_set(folder: Path, classes: list[str], size: int) -> PhotoSet:
 
 def prepared_set(name: str, sources: list, labels: torch.Tensor, size: int,
                  files: list[Path] | None = None) -> PhotoSet:
-    """Photos (files or PIL images) through data.prepare, with where each one's hand was found."""
-    prepared = [data.prepare(source, size) for source in sources]
+    """Photos (files or PIL images) through preprocess.prepare, with where each one's hand was found."""
+    prepared = [preprocess.prepare(source, size) for source in sources]
     return PhotoSet(name, torch.stack([image for image, _ in prepared]), labels, files,
                     [framing for _, framing in prepared])
 
 
-def enlarged_set(name: str, photos: data.Dataset, factor: int = 4) -> PhotoSet:
+def enlarged_set(name: str, photos: datasets.Dataset, factor: int = 4) -> PhotoSet:
     """SIGNS photos enlarged `factor` times (bicubic), then through the product's preprocessing: as a camera at
     a higher resolution would give them, so the hand finder frames them and counts their fingers. How the
     user's path treats SIGNS' own photos, measured on photos the model did not see (the test split; val_signs
-    for a hold-out model, though the count's table, hands.COUNT_LIKELIHOOD, was counted on all 1080 training
+    for a hold-out model, though the count's table, reading.COUNT_LIKELIHOOD, was counted on all 1080 training
     photos, val_signs among them)."""
     from PIL import Image
 
@@ -228,22 +237,22 @@ def held_out(model) -> bool:
     return bool(model.metadata.get("training", {}).get("hold_out_validation"))
 
 
-def signs_sets(model, data_path: str | None) -> tuple[list[PhotoSet], data.Dataset]:
+def signs_sets(model, data_path: str | None) -> tuple[list[PhotoSet], datasets.Dataset]:
     """test_signs.h5 as it is and enlarged 4x (and val_signs, both ways, for a hold-out model), and the
     val_signs photos for the confidence rule."""
-    splits = data.load_splits(data_path, hold_out_validation=True, classes=model.classes)
-    sets = [PhotoSet("test_signs.h5", data.scale(splits.test.images), splits.test.labels),
+    splits = datasets.load_splits(data_path, hold_out_validation=True, classes=model.classes)
+    sets = [PhotoSet("test_signs.h5", preprocess.scale(splits.test.images), splits.test.labels),
             enlarged_set("test_signs.h5", splits.test)]
     if held_out(model):
-        sets += [PhotoSet("val_signs", data.scale(splits.val.images), splits.val.labels),
+        sets += [PhotoSet("val_signs", preprocess.scale(splits.val.images), splits.val.labels),
                  enlarged_set("val_signs", splits.val)]
     return sets, splits.val
 
 
-def shifted_reference(val: data.Dataset, copies: int = REFERENCE_COPIES) -> PhotoSet:
+def shifted_reference(val: datasets.Dataset, copies: int = REFERENCE_COPIES) -> PhotoSet:
     """Each val_signs photo `copies` times, on procedural backgrounds and augmented like training photos (seeded)."""
     generator = torch.Generator().manual_seed(0)
-    images = data.scale(val.images).repeat(copies, 1, 1, 1)
+    images = preprocess.scale(val.images).repeat(copies, 1, 1, 1)
     images = composite_backgrounds(images, AugmentConfig(background_probability=1.0), generator)
     return PhotoSet("shifted val_signs", augment(images, generator), val.labels.repeat(copies))
 
@@ -299,8 +308,8 @@ def augmented_grid(images: torch.Tensor, path: Path, columns: int = 10, draws: i
     config = AugmentConfig(background_probability=recipe.background_probability,
                            skin_probability=recipe.skin_probability, camera_probability=recipe.camera_probability)
     chosen = images[torch.linspace(0, len(images) - 1, columns).long()]
-    photos = data.scale(chosen)
-    cut_outs = data.cut_out_photos(chosen)[0] if recipe.cut_out_probability > 0 else None
+    photos = preprocess.scale(chosen)
+    cut_outs = synthetic.cut_out_photos(chosen)[0] if recipe.cut_out_probability > 0 else None
     generator = torch.Generator().manual_seed(0)
     rows = [photos]
     for _ in range(draws):
@@ -318,11 +327,11 @@ def augmented_grid(images: torch.Tensor, path: Path, columns: int = 10, draws: i
 def thumbless_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, columns: int = 10,
                    scale: int = 96) -> None:
     """`columns` evenly spaced 5s of `images` (uint8 N x 3 x H x W) whose hand is found, above the same with
-    the thumb painted out (data.thumbless_photos), as one image file."""
+    the thumb painted out (synthetic.thumbless_photos), as one image file."""
     from PIL import Image
 
     fives = images[labels == classes.index("5")]
-    painted, found = data.thumbless_photos(fives)
+    painted, found = synthetic.thumbless_photos(fives)
     if not found.any():
         raise ValueError("no hand was found in any photo of a 5")
     chosen = torch.nonzero(found).flatten()
@@ -351,7 +360,7 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
     for photos in sets:
         network = predict(model, photos.images)
         probabilities = photos.posterior(model, network)
-        rows.append({"model": name, "set": photos.name, "path": model_path, "framing": hands.FRAMING}
+        rows.append({"model": name, "set": photos.name, "path": model_path, "framing": geometry.FRAMING}
                     | summarise(probabilities, photos.labels, model.classes, threshold, photos.hands_found(),
                                 photos.confident(model, probabilities), network))
         if out and photos.files:
@@ -382,7 +391,7 @@ def main() -> None:
     parser.add_argument("--real", type=Path, help="real photos (default: real/ beside the SIGNS data)")
     parser.add_argument("--out", type=Path, help="write results.json and the grids of answers here")
     parser.add_argument("--framing", type=float, nargs="+",
-                        help="measure each model with each of these hand framings (hands.FRAMING) instead of the "
+                        help="measure each model with each of these hand framings (geometry.FRAMING) instead of the "
                              "product's")
     parser.add_argument("--augmented-grid", type=Path, metavar="FILE",
                         help="draw training photos and their augmentation by the default recipe into FILE")
@@ -390,7 +399,7 @@ def main() -> None:
                         help="draw training 5s and the same with the thumb painted out into FILE")
     args = parser.parse_args()
     if args.augmented_grid or args.thumbless_grid:
-        train_set = data.load_splits(args.data, hold_out_validation=False).train
+        train_set = datasets.load_splits(args.data, hold_out_validation=False).train
         if args.augmented_grid:
             augmented_grid(train_set.images, args.augmented_grid)
         if args.thumbless_grid:
@@ -399,11 +408,11 @@ def main() -> None:
             return
     if not args.model and not args.seeds:
         parser.error("give --model FILE or --seeds N ...")
-    real = args.real or data.default_data_path().parent / "real"
+    real = args.real or datasets.default_data_path().parent / "real"
     rows = []
     for path in args.model or []:
-        for framing in args.framing or [hands.FRAMING]:
-            hands.FRAMING = framing
+        for framing in args.framing or [geometry.FRAMING]:
+            geometry.FRAMING = framing
             name = Path(path).parent.name + (f" framing {framing}" if args.framing else "")
             rows += measure(path, args.data, real, args.out, name)
     with tempfile.TemporaryDirectory() as scratch:

@@ -46,8 +46,9 @@ def baseline_app(model_path: str):
     import torch
     from flask import Flask, jsonify, request
 
-    from signs_resnet.data import prepare_image
-    from signs_resnet.predict import load_model, predict
+    from signs_resnet.data.preprocess import prepare_image
+    from signs_resnet.inference.forward import predict
+    from signs_resnet.model_file import load_model
 
     app = Flask(__name__)
     model = load_model(model_path)
@@ -83,16 +84,16 @@ def run_noop_server(model_path: str, port: int) -> None:
     import torch
     import uvicorn
 
-    from signs_resnet import runner, serve
-    from signs_resnet.engines import Engine
-    from signs_resnet.predict import load_model
+    from signs_resnet.inference.engines import Engine
+    from signs_resnet.model_file import load_model
+    from signs_resnet.serving import app, runner
 
     def load_noop(settings):
         model = load_model(settings.model)
         return Engine(model, "no-op", "none", lambda images: torch.full((len(images), 6), 1 / 6))
 
-    settings = serve.ServeSettings(model=model_path, port=port)
-    uvicorn.run(serve.create_app(settings, load_noop(settings)), host="127.0.0.1", port=port,
+    settings = app.ServeSettings(model=model_path, port=port)
+    uvicorn.run(app.create_app(settings, load_noop(settings)), host="127.0.0.1", port=port,
                 log_config=runner.LOG_CONFIG,
                 access_log=False, loop="uvloop", http="httptools")
 
@@ -226,7 +227,8 @@ async def drive(port: int, request: bytes, concurrency: int, seconds: float, war
 def grpc_request(image: bytes) -> bytes:
     """ModelInfer of one image file, serialised: what tritonclient sends for a BYTES input of one element."""
     from tritonclient.grpc import service_pb2 as pb
-    from signs_resnet.tensors import join_bytes
+
+    from signs_resnet.serving.tensors import join_bytes
 
     tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
     return pb.ModelInferRequest(model_name="signs-resnet50", inputs=[tensor],

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from signs_resnet import data, train  # noqa: E402
-from signs_resnet.augment import AugmentConfig, augment  # noqa: E402
+from signs_resnet.data import datasets, preprocess
 from signs_resnet.model import MatmulConv2d, ResNet50, training_layout  # noqa: E402
+from signs_resnet.training import config, train
+from signs_resnet.training.augment import AugmentConfig, augment  # noqa: E402
 
 BATCH = 32
 EPOCH_IMAGES = 1080
@@ -84,7 +85,7 @@ class Loop:
             with train.autocast(self.device, self.precision):
                 logits = self.model(x)
         else:
-            logits = self.model(data.scale(x))
+            logits = self.model(preprocess.scale(x))
         loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -142,10 +143,10 @@ def main() -> None:
     print(f"matmul peak (2048^3, measured now): fp32 {peak_fp32:.2f} TFLOP/s, bf16 {peak_bf16:.2f} TFLOP/s")
     peak = max(peak_fp32, peak_bf16)
 
-    train_set = data.load_splits(args.data).train
+    train_set = datasets.load_splits(args.data).train
     flops = flops_per_step(train_set.images, train_set.labels, device)
-    precision = train.resolve_precision(train.TrainConfig().precision, device)
-    recipe = AugmentConfig(background_probability=train.TrainConfig().background_probability)
+    precision = train.resolve_precision(config.TrainConfig().precision, device)
+    recipe = AugmentConfig(background_probability=config.TrainConfig().background_probability)
     loops = {"baseline": Loop(False, train_set.images, train_set.labels, device),
              "ours": Loop(True, train_set.images, train_set.labels, device, precision, recipe)}
     other = {"bf16": "fp32", "fp32": "bf16"}[precision]

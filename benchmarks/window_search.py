@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from signs_resnet import data, load_model, predict  # noqa: E402
+from signs_resnet import load_model  # noqa: E402
+from signs_resnet.data import datasets, decoding, preprocess
+from signs_resnet.inference.forward import predict
 
 
 @torch.inference_mode()
@@ -36,7 +38,7 @@ def window_logits(network, images: torch.Tensor) -> torch.Tensor:
 
 
 def best_window(model, path: Path, scales: list[int], score: str) -> Image.Image:
-    square = data._pad_to_square(data._to_rgb(data.open_image(path)))
+    square = preprocess._pad_to_square(decoding._to_rgb(decoding.open_image(path)))
     side = square.size[0]
     temperature = float(model.metadata.get("temperature", 1.0))
     best = None
@@ -63,13 +65,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=4, help="measure every N-th frame (default: %(default)s)")
     args = parser.parse_args()
     model = load_model(args.model)
-    folder = data.default_data_path().parent / "real" / "hands_frames"
+    folder = datasets.default_data_path().parent / "real" / "hands_frames"
     files = sorted(folder.glob("*/*.jpg"))[::args.every]
     labels = torch.tensor([model.classes.index(f.parent.name) for f in files])
     started = time.perf_counter()
-    found = torch.stack([data.prepare_image(best_window(model, f, args.scales, args.score)) for f in files])
+    found = torch.stack([preprocess.prepare_image(best_window(model, f, args.scales, args.score)) for f in files])
     seconds = (time.perf_counter() - started) / len(files)
-    plain = torch.stack([data.prepare_image(f) for f in files])
+    plain = torch.stack([preprocess.prepare_image(f) for f in files])
     for name, images in (("window search", found), ("plain prepare_image", plain)):
         accuracy = (predict(model, images).argmax(1) == labels).float().mean().item()
         print(f"{name}: {accuracy:.1%} of {len(files)} frames" + (f" ({seconds * 1000:.0f} ms a frame)"

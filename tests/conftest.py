@@ -42,7 +42,7 @@ def write_h5(path: Path, split: str, images: np.ndarray, labels: np.ndarray, cla
 @pytest.fixture(scope="session")
 def signs_slice(tmp_path_factory, signs_dir) -> Path:
     """A small folder in the original HDF5 layout: 96 real training photos and 48 test photos."""
-    from signs_resnet.data import load_image_folder
+    from signs_resnet.data.datasets import load_image_folder
 
     folder = tmp_path_factory.mktemp("signs_slice")
     train = load_image_folder(signs_dir / "64x64_SIGNS" / "train_signs")
@@ -78,12 +78,12 @@ def signs_jpegs() -> list[Path]:
 
 
 def make_model_file(path: Path) -> Path:
-    """An untrained ResNet50 written as train.py writes models, its batch norms fitted to random images so
+    """An untrained ResNet50 written as training/train.py writes models, its batch norms fitted to random images so
     its probabilities are spread out (a model with default statistics answers one class with certainty)."""
-    from signs_resnet import data
+    from signs_resnet.data import preprocess
     from signs_resnet.model import ResNet50
-    from signs_resnet.predict import save_model
-    from signs_resnet.train import recalibrate_batch_norm
+    from signs_resnet.model_file import save_model
+    from signs_resnet.training.train import recalibrate_batch_norm
 
     torch.manual_seed(0)
     network = ResNet50((64, 64, 3), 6)
@@ -94,7 +94,7 @@ def make_model_file(path: Path) -> Path:
     metadata = {
         "classes": [str(c) for c in range(6)],
         "input_shape": [64, 64, 3],
-        "preprocessing": data.PREPROCESSING,
+        "preprocessing": preprocess.PREPROCESSING,
         "training": {"note": "untrained test model"},
     }
     save_model(path, network, metadata)

@@ -6,13 +6,14 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import accuracy  # noqa: E402
-from signs_resnet.data import Dataset, load_hdf5, load_rgb  # noqa: E402
+
+from signs_resnet.data.datasets import Dataset, load_hdf5  # noqa: E402
+from signs_resnet.data.preprocess import load_rgb  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains models end to end
 

@@ -3,8 +3,18 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from signs_resnet.augment import (AugmentConfig, augment, composite_backgrounds, gaussian_blur, hand_mask,
-                                  procedural_backgrounds, random_affine, random_camera, random_colour, skin_shapes)
+from signs_resnet.training.augment import (
+    AugmentConfig,
+    augment,
+    composite_backgrounds,
+    gaussian_blur,
+    hand_mask,
+    procedural_backgrounds,
+    random_affine,
+    random_camera,
+    random_colour,
+    skin_shapes,
+)
 
 
 def test_augment_keeps_shape_and_range_and_changes_the_images():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import API_KEY, ROOT, SHARED, free_port, random_images, save_jpeg
 
-from signs_resnet import data
 from signs_resnet.cli import build_parser
+from signs_resnet.data import datasets
 
 
 def signs(*args, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -129,7 +129,7 @@ def test_dataset_class_folders_may_be_symlinks(tmp_path, signs_jpegs):
     for folder in real.iterdir():
         (linked / folder.name).symlink_to(folder, target_is_directory=True)
     (linked / "loop").symlink_to(linked, target_is_directory=True)  # read once, not forever
-    dataset = data.load_image_folder(linked)
+    dataset = datasets.load_image_folder(linked)
     assert len(dataset) == 2 and dataset.classes == [signs_jpegs[0].name[0], signs_jpegs[1].name[0]]
 
 
@@ -157,8 +157,8 @@ def test_an_unreachable_model_file_is_one_line(tmp_path):
 
 
 def test_server_and_cli_share_one_default_model():
-    from signs_resnet.predict import DEFAULT_MODEL
-    from signs_resnet.settings import ServeSettings
+    from signs_resnet.model_file import DEFAULT_MODEL
+    from signs_resnet.serving.settings import ServeSettings
 
     assert ServeSettings.from_env({}).model == DEFAULT_MODEL == "runs/default/model.safetensors"
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, SHARED
 from PIL import Image
 
-from conftest import ROOT, SHARED
-from signs_resnet import data
-from signs_resnet.predict import DEFAULT_CONFIDENCE_THRESHOLD, load_model
+from signs_resnet import answer
+from signs_resnet.data import preprocess
+from signs_resnet.model_file import DEFAULT_CONFIDENCE_THRESHOLD, load_model
 
 
 def png(array: np.ndarray) -> bytes:
@@ -55,69 +56,69 @@ def test_predict_answers_say_whether_they_are_confident(client, sample_jpg, mode
 def test_an_answer_whose_count_the_hands_points_contradict_is_not_confident(model_file):
     """The rule (LoadedModel.is_confident): a sure 5 is confident where the hand shows five fingers or was
     not looked for, and not where it shows four or was looked for and not found."""
-    from signs_resnet.data import Framing
+    from signs_resnet.data.preprocess import Framing
 
     model = load_model(model_file)
     model.metadata["confidence_threshold"] = 0.9
     sure_five = [0.0, 0.0, 0.0, 0.0, 0.01, 0.99]
-    assert model.is_confident(sure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
-    assert model.is_confident(sure_five, Framing())
-    assert not model.is_confident(sure_five, Framing(True, 0.9, (0, 0, 10, 10), 4))
-    assert not model.is_confident(sure_five, Framing(True))
+    assert answer.is_confident(model, sure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
+    assert answer.is_confident(model, sure_five, Framing())
+    assert not answer.is_confident(model, sure_five, Framing(True, 0.9, (0, 0, 10, 10), 4))
+    assert not answer.is_confident(model, sure_five, Framing(True))
     unsure_five = [0.0, 0.0, 0.0, 0.0, 0.5, 0.5 + 1e-3]
-    assert not model.is_confident(unsure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
+    assert not answer.is_confident(model, unsure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
 
 
 def test_the_hands_count_weighs_the_networks_probabilities(model_file):
     """LoadedModel.posterior: Bayes' rule with hands.COUNT_LIKELIHOOD. A count tips an unsure answer its way
     and makes an answer it agrees with surer; it cannot overrule a sure network; no count, or a model whose
     classes are not SIGNS', leaves the network's probabilities as they are."""
-    from signs_resnet.data import Framing
-    from signs_resnet.hands import COUNT_LIKELIHOOD
+    from signs_resnet.data.preprocess import Framing
+    from signs_resnet.hands.reading import COUNT_LIKELIHOOD
 
     model = load_model(model_file)
     box = (0, 0, 10, 10)
     unsure = [0.0, 0.0, 0.0, 0.0, 0.55, 0.45]
-    weighed = model.posterior(unsure, Framing(True, 0.9, box, 5))
+    weighed = answer.posterior(model, unsure, Framing(True, 0.9, box, 5))
     assert max(range(6), key=weighed.__getitem__) == 5 and sum(weighed) == pytest.approx(1)
     five, four = 0.45 * COUNT_LIKELIHOOD["5"][5], 0.55 * COUNT_LIKELIHOOD["4"][5]
     assert weighed[5] == pytest.approx(five / (five + four))
-    assert model.posterior(unsure, Framing(True, 0.9, box, 4))[4] > 0.55  # agreeing: surer
+    assert answer.posterior(model, unsure, Framing(True, 0.9, box, 4))[4] > 0.55  # agreeing: surer
     sure = [0.0002, 0.0002, 0.0002, 0.0002, 0.0002, 0.999]
-    assert max(range(6), key=model.posterior(sure, Framing(True, 0.9, box, 4)).__getitem__) == 5
+    assert max(range(6), key=answer.posterior(model, sure, Framing(True, 0.9, box, 4)).__getitem__) == 5
     for nothing_to_count in (Framing(), Framing(True), Framing(True, 0.9, box, None), Framing(True, 0.9, box, 6),
                              Framing(True, 0.9, box, -1)):
-        assert model.posterior(unsure, nothing_to_count) == unsure
-    assert model.posterior(unsure[:5], Framing(True, 0.9, box, 5)) == unsure[:5]  # not one per class
+        assert answer.posterior(model, unsure, nothing_to_count) == unsure
+    assert answer.posterior(model, unsure[:5], Framing(True, 0.9, box, 5)) == unsure[:5]  # not one per class
     model.classes = ["5", "4", "3", "2", "1", "0"]  # by name, not by position
-    assert model.posterior(unsure[::-1], Framing(True, 0.9, box, 5)) == pytest.approx(weighed[::-1])
+    assert answer.posterior(model, unsure[::-1], Framing(True, 0.9, box, 5)) == pytest.approx(weighed[::-1])
     model.classes = ["a", "b", "c", "d", "e", "f"]
-    assert model.posterior(unsure, Framing(True, 0.9, box, 5)) == unsure
+    assert answer.posterior(model, unsure, Framing(True, 0.9, box, 5)) == unsure
 
 
 def test_an_answer_is_weighed_once_then_judged(model_file):
     """LoadedModel.answer, which every path answers through: a 5 at 70% whose hand shows five fingers is
     weighed above the threshold (0.757) and is confident, though the network's own 70% is not; its label and
     probabilities are the weighed ones."""
-    from signs_resnet.data import Framing
+    from signs_resnet.data.preprocess import Framing
 
     model = load_model(model_file)
     model.metadata["confidence_threshold"] = 0.757
     network = [0.06, 0.06, 0.06, 0.06, 0.06, 0.7]
     five = Framing(True, 0.9, (0, 0, 10, 10), 5)
-    given = model.answer(network, five)
-    assert given.probabilities == model.posterior(network, five) and given.probabilities[5] > 0.95
+    given = answer.decide(model, network, five)
+    assert given.probabilities == answer.posterior(model, network, five) and given.probabilities[5] > 0.95
     assert (given.label, given.confident) == ("5", True)
-    assert not model.is_confident(network, five)  # the network's own probability does not reach it
-    assert model.answer(network, Framing()) == type(given)(network, "5", False)  # no count: as the network says
+    assert not answer.is_confident(model, network, five)  # the network's own probability does not reach it
+    assert answer.decide(model, network, Framing()) == type(given)(network, "5", False)  # no count: as the network says
     unsure_four = [0.0, 0.0, 0.0, 0.0, 0.6, 0.4]
-    assert model.answer(unsure_four, five).label == "5"  # the count tips it
+    assert answer.decide(model, unsure_four, five).label == "5"  # the count tips it
 
 
 def test_the_count_likelihoods_are_distributions_that_favour_each_class_own_count():
     """hands.COUNT_LIKELIHOOD as benchmarks/finger_count.py fits it: per SIGNS class, a share for each count
     0-5, none zero, summing to 1 (to its 3 decimals); "1" to "5" show their own count most often."""
-    from signs_resnet.hands import COUNT_LIKELIHOOD
+    from signs_resnet.hands.reading import COUNT_LIKELIHOOD
 
     assert sorted(COUNT_LIKELIHOOD) == [str(c) for c in range(6)]
     for name, shares in COUNT_LIKELIHOOD.items():
@@ -147,7 +148,7 @@ def _sure_of(model, index: int, probability: float = 0.9):
 def _photo_showing(fingers: int) -> Path:
     """The first real/hands_frames photo of class `fingers` whose hand's points show that many fingers."""
     for photo in sorted((SHARED / "real" / "hands_frames" / str(fingers)).glob("*.jpg")):
-        if data.prepare(photo)[1].fingers == fingers:
+        if preprocess.prepare(photo)[1].fingers == fingers:
             return photo
     pytest.skip(f"no real/hands_frames/{fingers} photo showing {fingers} fingers")
 
@@ -163,16 +164,18 @@ def test_every_path_answers_with_the_count_weighed_in(model_file, sample_jpg, tm
     import base64
 
     from conftest import start_server
-    from signs_resnet.predict import predict, save_model
+
+    from signs_resnet.inference.forward import predict
+    from signs_resnet.model_file import save_model
 
     model = load_model(model_file)
     four = model.classes.index("4")
     save_model(tmp_path / "model.safetensors", _sure_of(model, four), model.metadata | {"confidence_threshold": 0.95})
     sure = load_model(tmp_path / "model.safetensors")
     photos = [sample_jpg, _photo_showing(4)]
-    prepared = [data.prepare(photo) for photo in photos]
+    prepared = [preprocess.prepare(photo) for photo in photos]
     network = [predict(sure, image[None])[0].tolist() for image, _ in prepared]
-    given = [sure.answer(row, framing) for row, (_, framing) in zip(network, prepared)]
+    given = [answer.decide(sure, row, framing) for row, (_, framing) in zip(network, prepared)]
     assert [framing.fingers for _, framing in prepared] == [5, 4] and network[0][four] == pytest.approx(0.9, abs=1e-4)
     assert [(a.label, a.confident) for a in given] == [("4", False), ("4", True)]
     assert given[0].probabilities[four] < 0.85 < 0.95 < given[1].probabilities[four]
@@ -205,8 +208,8 @@ def test_every_path_answers_with_the_count_weighed_in(model_file, sample_jpg, tm
     answers = json.loads(subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
                                         check=True).stdout)
     assert [(a["label"], a["confident"]) for a in answers] == [("4", False), ("4", True)]
-    for answer, expected in zip(answers, given):
-        assert [answer["probabilities"][name] for name in sure.classes] == pytest.approx(expected.probabilities,
+    for reported, expected in zip(answers, given):
+        assert [reported["probabilities"][name] for name in sure.classes] == pytest.approx(expected.probabilities,
                                                                                         abs=1e-4)
 
 
@@ -279,7 +282,7 @@ def test_the_web_page_says_when_it_is_not_confident(server, tmp_path):
         page.set_input_files("#file", str(SHARED / "samples" / "sample.jpg"))
         page.wait_for_selector("#result.shown", timeout=30_000)
         label = page.inner_text("#digit")
-        counted_otherwise = data.finger_count(label) not in (None, 5)
+        counted_otherwise = answer.finger_count(label) not in (None, 5)
         assert page.is_visible("#count") is counted_otherwise
         if counted_otherwise:
             assert "shows 5 fingers" in page.inner_text("#count") and page.is_visible("#unsure")

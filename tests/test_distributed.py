@@ -15,11 +15,14 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT, write_h5
-from signs_resnet import data, load_model, train
-from signs_resnet.distributed import parameter_digest
+
+from signs_resnet import load_model
+from signs_resnet.data import datasets
 from signs_resnet.model import ResNet50Model
+from signs_resnet.training import train
+from signs_resnet.training.config import CHECKPOINT_FILE, TrainConfig
+from signs_resnet.training.distributed import parameter_digest
 
 pytestmark = pytest.mark.slow  # real torchrun process groups
 
@@ -46,7 +49,7 @@ def tiny(tmp_path_factory, signs_slice):
     """32 training photos, 16 test photos."""
     folder = tmp_path_factory.mktemp("tiny")
     for split, size in (("train", 32), ("test", 16)):
-        dataset = data.load_hdf5(signs_slice / f"{split}_signs.h5")
+        dataset = datasets.load_hdf5(signs_slice / f"{split}_signs.h5")
         write_h5(folder / f"{split}_signs.h5", split, dataset.images[:size].permute(0, 2, 3, 1).numpy(),
                  dataset.labels[:size].numpy())
     return folder
@@ -78,7 +81,7 @@ def fit_in_one_process(data_path, out, resume=False) -> None:
     def keep_epoch_one(folder, checkpoint, history):
         write_epoch_files(folder, checkpoint, history)
         if len(history) == 1:
-            shutil.copy(folder / train.CHECKPOINT_FILE, folder / "epoch-1.safetensors")
+            shutil.copy(folder / CHECKPOINT_FILE, folder / "epoch-1.safetensors")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process: another summation order changes AdamW's first steps
@@ -87,7 +90,7 @@ def fit_in_one_process(data_path, out, resume=False) -> None:
             patch.delenv(variable, raising=False)
         patch.setattr(train, "ResNet50", HalvedBatchNorm)
         patch.setattr(train, "_write_epoch_files", keep_epoch_one)
-        config = train.TrainConfig(data=str(data_path), out=str(out), epochs=2, batch_size=16, learning_rate=1e-3,
+        config = TrainConfig(data=str(data_path), out=str(out), epochs=2, batch_size=16, learning_rate=1e-3,
                                    precision="fp32", augment=False, progress=False, resume=resume,
                                    checkpoint_every_s=0)
         try:
@@ -122,7 +125,7 @@ def test_gradients_are_laid_out_as_the_buckets_expect(distributed_run):
 def test_ranks_never_import_the_web_stack(distributed_run):
     _, result = distributed_run
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "signs_resnet.train" in imported and "torch.distributed" in imported  # the listing works
+    assert "signs_resnet.training.train" in imported and "torch.distributed" in imported  # the listing works
     web = sorted(name for name in imported if name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "prometheus_client"})
     assert web == []
 
@@ -156,7 +159,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(distributed_
 
 def test_resume_continues_a_checkpoint(tiny, single_process_run, tmp_path):
     """Rank 0 alone reads the checkpoint (written after epoch 1 of 2) and hands it to the other process."""
-    shutil.copy(single_process_run / "epoch-1.safetensors", tmp_path / train.CHECKPOINT_FILE)
+    shutil.copy(single_process_run / "epoch-1.safetensors", tmp_path / CHECKPOINT_FILE)
     result = torchrun("--data", tiny, "--out", tmp_path, *OPTIONS, "--resume")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.count("after epoch 1") == 1
@@ -165,7 +168,7 @@ def test_resume_continues_a_checkpoint(tiny, single_process_run, tmp_path):
     # Against the same resume in one process.
     single = tmp_path / "single"
     single.mkdir()
-    shutil.copy(single_process_run / "epoch-1.safetensors", single / train.CHECKPOINT_FILE)
+    shutil.copy(single_process_run / "epoch-1.safetensors", single / CHECKPOINT_FILE)
     fit_in_one_process(tiny, single, resume=True)
     resumed, reference = parameters(tmp_path / "model.safetensors"), parameters(single / "model.safetensors")
     assert float((resumed - reference).norm()) < TOLERANCE * float(reference.norm())

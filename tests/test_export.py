@@ -11,12 +11,22 @@ import onnx
 import pytest
 import torch
 
-from signs_resnet import data
-from signs_resnet.engines import load_engine
-from signs_resnet.export import (INPUT_NAME, INT8_CALIBRATION_IMAGES, INT8_MAX_MEAN_DIFFERENCE, LOGITS_NAME,
-                                 LOGITS_TOLERANCE, OUTPUT_NAME, PARITY_TOLERANCE, onnx_session, openvino_form)
+from signs_resnet.data import preprocess
+from signs_resnet.inference.engines import load_engine
+from signs_resnet.inference.export import (
+    INPUT_NAME,
+    INT8_CALIBRATION_IMAGES,
+    INT8_MAX_MEAN_DIFFERENCE,
+    LOGITS_NAME,
+    LOGITS_TOLERANCE,
+    OUTPUT_NAME,
+    PARITY_TOLERANCE,
+    onnx_session,
+    openvino_form,
+)
+from signs_resnet.inference.forward import predict
 from signs_resnet.model import ResNet50
-from signs_resnet.predict import load_model, predict, save_model
+from signs_resnet.model_file import load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +57,7 @@ def test_onnx_runtime_matches_pytorch(exported, model_file, sample_jpg, signs_jp
     photos and random inputs, at several batch sizes."""
     model = load_model(model_file)
     session = onnx_session(exported)
-    photos = torch.stack([data.prepare_image(p) for p in [sample_jpg, *signs_jpegs]])
+    photos = torch.stack([preprocess.prepare_image(p) for p in [sample_jpg, *signs_jpegs]])
     noise = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     for images in (photos, noise, photos[:1]):
         expected = predict(model, images)
@@ -63,7 +73,7 @@ def test_onnx_runtime_matches_pytorch(exported, model_file, sample_jpg, signs_jp
 
 
 def test_export_refuses_unknown_formats(model_file, tmp_path):
-    from signs_resnet.export import export
+    from signs_resnet.inference.export import export
 
     with pytest.raises(ValueError, match="unknown export format"):
         export(load_model(model_file), tmp_path / "model.tflite", "tflite")
@@ -142,7 +152,7 @@ def test_int8_engine_follows_the_fp32_model_and_auto_picks_it(int8_exported, sam
     model = load_model(int8_exported[0])
     assert load_engine(model, "auto").describe() == "openvino-int8 (int8)"
     engine = load_engine(model, "openvino-int8")
-    photos = torch.stack([data.prepare_image(p) for p in [sample_jpg, *signs_jpegs]])
+    photos = torch.stack([preprocess.prepare_image(p) for p in [sample_jpg, *signs_jpegs]])
     difference = (engine.run(photos) - predict(model, photos)).abs()
     assert difference.mean() <= INT8_MAX_MEAN_DIFFERENCE and difference.max() < 0.1, difference
     assert engine.run(photos[:1]).shape == (1, 6)

@@ -11,11 +11,10 @@ import zlib
 import httpx
 import numpy as np
 import pytest
+from conftest import raw_exchange
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from conftest import raw_exchange
 
 # Bounded for the test suite (the file runs in about 30 s on 2 cores), and the same examples every run.
 # For a longer, fresh search: FUZZ_EXAMPLES=2000 pytest tests/test_fuzz.py

@@ -11,13 +11,12 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
-from tritonclient.utils import InferenceServerException
-
 from conftest import API_KEY, start_server
 from test_kserve import INFER, binary_body, element, files, labels, predict_rows, prepared
 from test_serve import SAME_ENGINE_TOLERANCE, png_header
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
 
 MODEL = "signs-resnet50"
 

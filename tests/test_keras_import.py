@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from signs_resnet import data
 from signs_resnet.cli import main
+from signs_resnet.data import preprocess
+from signs_resnet.inference.forward import predict
 from signs_resnet.keras_import import import_keras
-from signs_resnet.predict import load_model, predict
+from signs_resnet.model_file import load_model
 
 # The original code's stages, written out from its source rather than taken from model.STAGES.
 FILTERS = {2: (64, 64, 256), 3: (128, 128, 512), 4: (256, 256, 1024), 5: (512, 512, 2048)}
@@ -129,7 +130,7 @@ def test_keras2_file_maps_every_weight_by_its_original_name(tmp_path, keras_laye
 
     assert model.classes == ["0", "1", "2", "3", "4", "5"]
     assert model.input_shape == (64, 64, 3)
-    assert model.metadata["preprocessing"] == data.PREPROCESSING
+    assert model.metadata["preprocessing"] == preprocess.PREPROCESSING
     assert model.metadata["source"]["keras_file"] == "res.h5"
     assert model.metadata["source"]["keras_version"] == "2.2.2"
 

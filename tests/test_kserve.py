@@ -9,11 +9,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from conftest import API_KEY
+from test_serve import SAME_ENGINE_TOLERANCE, png_header, post_images, probabilities_by_label
 from tritonclient.utils import InferenceServerException
 
-from conftest import API_KEY
-from signs_resnet import data
-from test_serve import SAME_ENGINE_TOLERANCE, png_header, post_images, probabilities_by_label
+from signs_resnet.data import preprocess
 
 MODEL = "signs-resnet50"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -44,7 +44,7 @@ def prepared(*blobs: bytes) -> tuple[np.ndarray, list[bytes]]:
 
     from PIL import Image
 
-    images = np.stack([data.prepare_image(blob).numpy() for blob in blobs])
+    images = np.stack([preprocess.prepare_image(blob).numpy() for blob in blobs])
     pngs = []
     for image in images:
         buffer = io.BytesIO()

@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import ROOT, free_port, raw_exchange, start_server
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import ROOT, free_port, raw_exchange, start_server
 from signs_resnet import artifact
-from signs_resnet.guards import MAX_HEADER_BYTES
+from signs_resnet.serving.guards import MAX_HEADER_BYTES
 
 API_KEY = "test-key-0123456789"
 ORIGIN = "https://app.example"
@@ -295,14 +295,14 @@ def test_cors_allows_the_configured_origin_only(secured_server):
     ({"SIGNS_PORT": "-1"}, "port must be in"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(environ, message):
-    from signs_resnet.serve import ServeSettings
+    from signs_resnet.serving.settings import ServeSettings
 
     with pytest.raises(ValueError, match=message):
         ServeSettings.from_env(environ)
 
 
 def test_cors_origins_are_a_comma_separated_list():
-    from signs_resnet.serve import ServeSettings
+    from signs_resnet.serving.settings import ServeSettings
 
     settings = ServeSettings.from_env({"SIGNS_CORS_ORIGINS": "https://a.example, http://localhost:3000,"})
     assert settings.cors_origin_list == ["https://a.example", "http://localhost:3000"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from signs_resnet import artifact, load_model
-from signs_resnet.train import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, _check_resumable
+from signs_resnet.training.config import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, TrainConfig
+from signs_resnet.training.train import _check_resumable
 
 EPOCHS = 3  # the interrupted runs stop during epoch 2; the third keeps them from finishing first on a loaded machine
 

@@ -53,7 +53,7 @@ def test_the_benchmark_marks_answers_confident_by_the_products_rule(model_file):
     """PhotoSet.confident is LoadedModel.is_confident: no hand found, or a hand showing another count than
     the answer, is not confident; a "0" (not counted) or a photo read as it is goes by its probability."""
     from signs_resnet import load_model
-    from signs_resnet.data import Framing
+    from signs_resnet.data.preprocess import Framing
 
     model = load_model(model_file)
     model.metadata["confidence_threshold"] = 0.8
@@ -75,8 +75,8 @@ def test_the_benchmark_marks_answers_confident_by_the_products_rule(model_file):
 def test_the_benchmark_weighs_answers_by_the_count_as_the_product_does(model_file):
     """PhotoSet.posterior is LoadedModel.posterior, photo by photo: a photo with a count is weighed by it, one
     without (no hand found, or read as it is) keeps the network's probabilities."""
-    from signs_resnet import load_model
-    from signs_resnet.data import Framing
+    from signs_resnet import answer, load_model
+    from signs_resnet.data.preprocess import Framing
 
     model = load_model(model_file)
     framings = [Framing(True, 0.9, (0, 0, 10, 10), 4), Framing(True), Framing()]
@@ -84,7 +84,7 @@ def test_the_benchmark_weighs_answers_by_the_count_as_the_product_does(model_fil
     photos = robustness.PhotoSet("photos", torch.zeros(3, 3, 64, 64), torch.tensor([4, 4, 4]), framings=framings)
     answers = photos.posterior(model, network)
     assert answers[0].argmax() == 4 and answers[0].sum() == pytest.approx(1)
-    assert answers[0].tolist() == pytest.approx(model.posterior(network[0].tolist(), framings[0]))
+    assert answers[0].tolist() == pytest.approx(answer.posterior(model, network[0].tolist(), framings[0]))
     assert torch.equal(answers[1:], network[1:])
 
 
@@ -123,9 +123,9 @@ def test_answer_grid_is_written(tmp_path):
 def test_thumbless_grid_shows_fives_then_the_same_without_the_thumb(tmp_path):
     from PIL import Image
 
-    from signs_resnet import data
+    from signs_resnet.data import datasets
 
-    splits = data.load_splits(None, hold_out_validation=False)
+    splits = datasets.load_splits(None, hold_out_validation=False)
     robustness.thumbless_grid(splits.test.images, splits.test.labels, splits.test.classes, tmp_path / "grid.png",
                               columns=4, scale=64)
     pixels = torch.from_numpy(np.array(Image.open(tmp_path / "grid.png"))).permute(2, 0, 1).int()

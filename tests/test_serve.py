@@ -16,13 +16,17 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED, start_server
 from PIL import Image
 
-from conftest import SHARED, start_server
-from signs_resnet import data, serve
-from signs_resnet.engines import load_engine
-from signs_resnet.predict import load_model, predict
-from signs_resnet.serve import PredictResponse, ServeSettings
+from signs_resnet import answer
+from signs_resnet.data import preprocess
+from signs_resnet.inference.engines import load_engine
+from signs_resnet.inference.forward import predict
+from signs_resnet.model_file import load_model
+from signs_resnet.serving.runtime import INLINE_DECODE_MAX_PIXELS
+from signs_resnet.serving.schemas import PredictResponse
+from signs_resnet.serving.settings import ServeSettings
 
 # The server's engine (OpenVINO, bf16 on this CPU) loaded here gives the same probabilities up to
 # summation order. Against the fp32 training forward pass, bf16 differs by up to ~0.04.
@@ -53,8 +57,8 @@ class LocalModel:
 
     def probabilities_of(self, image_bytes: bytes) -> torch.Tensor:
         """The answer's probabilities: the engine's, weighed by the hand's count (LoadedModel.posterior)."""
-        image, framing = data.prepare(image_bytes)
-        return torch.tensor(self.fp32.posterior(self.probabilities(image.unsqueeze(0))[0].tolist(), framing))
+        image, framing = preprocess.prepare(image_bytes)
+        return torch.tensor(answer.posterior(self.fp32, self.probabilities(image.unsqueeze(0))[0].tolist(), framing))
 
 
 @pytest.fixture(scope="module")
@@ -100,19 +104,19 @@ def test_a_trained_model_reads_the_sample_as_5(client, sample_jpg):
 
 @pytest.mark.parametrize("photo", ["sample", "small"])
 def test_api_preprocessing_is_training_preprocessing(client, sample_jpg, signs_jpegs, local_model, photo):
-    """The same bytes give the same 64x64 input and the same probabilities as data.prepare_image + predict,
+    """The same bytes give the same 64x64 input and the same probabilities as preprocess.prepare_image + predict,
     whether decoded in a decoding thread (the 1080x1440 sample) or on the event loop (a 64x64 photo)."""
     blob = (sample_jpg if photo == "sample" else signs_jpegs[2]).read_bytes()
-    assert (Image.open(io.BytesIO(blob)).size[0] ** 2 <= serve.INLINE_DECODE_MAX_PIXELS) == (photo == "small")
+    assert (Image.open(io.BytesIO(blob)).size[0] ** 2 <= INLINE_DECODE_MAX_PIXELS) == (photo == "small")
     body = post_images(client, ("photo.jpg", blob), params={"include_image": "true"}).json()
     url = body["results"][0]["image"]
     assert url.startswith("data:image/png;base64,")
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
     assert seen.shape == (64, 64, 3)
-    assert np.array_equal(seen, data.load_rgb(blob))  # what the model saw, pixel for pixel
+    assert np.array_equal(seen, preprocess.load_rgb(blob))  # what the model saw, pixel for pixel
     assert_same_probabilities(body["predictions"], local_model.probabilities_of(blob), local_model.classes)
-    image, framing = data.prepare(blob)
-    as_trained = local_model.fp32.posterior(predict(local_model.fp32, image.unsqueeze(0))[0].tolist(), framing)
+    image, framing = preprocess.prepare(blob)
+    as_trained = answer.posterior(local_model.fp32, predict(local_model.fp32, image.unsqueeze(0))[0].tolist(), framing)
     assert_same_probabilities(body["predictions"], torch.tensor(as_trained), local_model.classes, BF16_TOLERANCE)
 
 
@@ -130,7 +134,7 @@ def test_a_webcam_frame_is_read_at_its_hand(client, local_model):
     left, top, right, bottom = hand["crop"]
     assert right - left == bottom - top and right - left < 0.8 * max(Image.open(io.BytesIO(blob)).size)
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["image"].split(",", 1)[1]))))
-    assert np.array_equal(seen, data.load_rgb(blob))
+    assert np.array_equal(seen, preprocess.load_rgb(blob))
     whole = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB").resize((64, 48)))
     assert np.abs(seen[8:56].astype(int) - whole.astype(int)).mean() > 20  # not the frame, resized
     assert_same_probabilities(body["predictions"], local_model.probabilities_of(blob), local_model.classes)
@@ -289,7 +293,7 @@ def test_v2_health_and_metadata(client):
 
 def test_v2_infer_fp32_tensor(client, sample_jpg, local_model):
     blob = sample_jpg.read_bytes()
-    tensor = torch.stack([data.prepare_image(blob), torch.zeros(3, 64, 64)])
+    tensor = torch.stack([preprocess.prepare_image(blob), torch.zeros(3, 64, 64)])
     request = {"id": "42", "inputs": [{"name": "input", "shape": [2, 3, 64, 64], "datatype": "FP32",
                                        "data": tensor.reshape(-1).tolist()}]}
     response = client.post("/v2/models/signs-resnet50/infer", json=request)
@@ -429,7 +433,7 @@ def test_every_setting_has_a_serve_flag():
 
 
 def test_unexpected_errors_are_logged_and_answered_with_a_generic_500(caplog):
-    from signs_resnet.serve import create_app
+    from signs_resnet.serving.app import create_app
 
     async def broken():
         raise RuntimeError("secret internals")
@@ -440,7 +444,7 @@ def test_unexpected_errors_are_logged_and_answered_with_a_generic_500(caplog):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             return await client.get("/broken")
 
-    with caplog.at_level(logging.ERROR, logger="signs_resnet.serve"):
+    with caplog.at_level(logging.ERROR, logger="signs_resnet.serving.app"):
         response = asyncio.run(get())
     assert response.status_code == 500
     assert response.json() == {"success": False, "error": {"code": "internal_error",

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle between its modules, and training never loads the web stack (or gRPC)."""
+"""The package's shape: subpackages by job that import one way (no cycle, each layer only below it), no module
+over 400 lines, and training never loads the web stack (or gRPC)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,42 @@ from conftest import ROOT
 PACKAGE = ROOT / "src" / "signs_resnet"
 WEB_STACK = {"fastapi", "starlette", "uvicorn", "prometheus_client", "multipart", "python_multipart", "grpc",
              "swagger_ui_bundle"}
+# What each part of the package may not import: the layers, lowest first (README, "Module map").
+FORBIDDEN = {
+    "artifact": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
+    "model": {"model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
+    "hands": {"model_file", "data", "answer", "training", "inference", "serving", "cli"},
+    "model_file": {"hands", "data", "answer", "training", "inference", "serving", "cli"},
+    "data": {"model_file", "answer", "training", "inference", "serving", "cli"},
+    "answer": {"training", "inference", "serving", "cli"},
+    "training": {"answer", "inference", "serving", "cli"},
+    "inference": {"training", "serving", "cli"},
+    "serving": {"training", "cli"},
+}
+
+
+def module_names() -> set[str]:
+    """Every module of the package, dotted from it ("serving.app"); a subpackage by its name ("serving")."""
+    return {".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+            for path in PACKAGE.rglob("*.py")} - {"__init__"}
 
 
 def package_imports() -> dict[str, set[str]]:
     """Each module's imports of the package's other modules, at the top or inside functions alike."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    modules = module_names()
     graph: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found |= {node.module} if node.module else {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("signs_resnet."):
-                found.add(node.module.split(".")[1])
-        graph[path.stem] = {name.split(".")[0] for name in found} & modules - {path.stem}
+            if isinstance(node, ast.ImportFrom) and node.level:
+                raise AssertionError(f"{path}: a relative import; the package imports itself by absolute names")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("signs_resnet"):
+                base = node.module.removeprefix("signs_resnet").lstrip(".")
+                for alias in node.names:
+                    full = f"{base}.{alias.name}".lstrip(".")
+                    found.add(full if full in modules else base or "__init__")
+        graph[name] = found - {name}
     return graph
 
 
@@ -53,9 +76,32 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle_in_the_package():
     graph = package_imports()
-    assert {"serve", "kserve", "grpc_service", "tensors", "runtime", "cli"} <= set(graph)
-    assert "runtime" in graph["kserve"] and "tensors" in graph["kserve"] & graph["grpc_service"]
+    assert {"serving.app", "serving.kserve", "serving.grpc_service", "serving.tensors", "cli", "answer"} <= set(graph)
+    assert "serving.runtime" in graph["serving.kserve"]
+    assert "serving.tensors" in graph["serving.kserve"] & graph["serving.grpc_service"]
     assert cycles(graph) == []
+
+
+def test_each_layer_imports_only_below_it():
+    broken = sorted(f"{module} imports {target}" for module, targets in package_imports().items()
+                    for target in targets
+                    if target.split(".")[0] in FORBIDDEN.get(module.split(".")[0], set()))
+    assert broken == []
+    # the rule could fail: training imports the model file and data, never the other way round
+    assert {"model_file", "data.datasets"} <= package_imports()["training.train"]
+
+
+def test_every_path_answers_through_the_one_rule():
+    graph = package_imports()
+    assert {module for module, targets in graph.items() if "answer" in targets} >= {
+        "serving.app", "serving.tensors", "inference.classify", "serving.client", "cli"}
+
+
+def test_no_module_over_400_lines():
+    lengths = {path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines())
+               for path in PACKAGE.rglob("*.py")}
+    assert len(lengths) > 30
+    assert {name: n for name, n in lengths.items() if n > 400} == {}
 
 
 def test_signs_train_never_imports_the_web_stack(signs_slice, tmp_path):
@@ -65,5 +111,5 @@ def test_signs_train_never_imports_the_web_stack(signs_slice, tmp_path):
                             capture_output=True, text=True, timeout=300, env=environment, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "signs_resnet.train" in imported and (tmp_path / "model.safetensors").exists()
+    assert "signs_resnet.training.train" in imported and (tmp_path / "model.safetensors").exists()
     assert sorted(name for name in imported if name.split(".")[0] in WEB_STACK) == []

@@ -7,9 +7,13 @@ import sys
 import pytest
 import torch
 
-from signs_resnet import data, load_model, predict, train
-from signs_resnet.evaluate import evaluate, fit_temperature
-from signs_resnet.train import TrainConfig, fit, recalibrate_batch_norm
+from signs_resnet import load_model
+from signs_resnet.data import datasets, preprocess
+from signs_resnet.inference.forward import predict
+from signs_resnet.training import synthetic, train
+from signs_resnet.training.config import TrainConfig, check_config
+from signs_resnet.training.evaluate import evaluate, fit_temperature
+from signs_resnet.training.train import fit, recalibrate_batch_norm
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +71,11 @@ def test_inference_mode_accuracy_is_close_to_training_mode(trained, signs_slice)
     """The original's batch-norm defect: inference-mode accuracy must not collapse."""
     out, _ = trained
     network = load_model(out / "model.safetensors").network
-    train = data.load_splits(signs_slice).train
+    train = datasets.load_splits(signs_slice).train
     eval_accuracy = evaluate(network, train)["accuracy"]
     network.train()
     with torch.no_grad():
-        train_mode_accuracy = (network(data.scale(train.images)).argmax(1) == train.labels).float().mean().item()
+        train_mode_accuracy = (network(preprocess.scale(train.images)).argmax(1) == train.labels).float().mean().item()
     assert eval_accuracy > 0.6
     assert abs(eval_accuracy - train_mode_accuracy) < 0.1
 
@@ -80,7 +84,7 @@ def test_inference_mode_accuracy_is_close_to_training_mode(trained, signs_slice)
 def test_recalibration_fixes_stale_batch_norm_statistics(trained, signs_slice):
     out, _ = trained
     network = load_model(out / "model.safetensors").network
-    train = data.load_splits(signs_slice).train
+    train = datasets.load_splits(signs_slice).train
     good = evaluate(network, train)["accuracy"]
     for module in network.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -170,8 +174,8 @@ def test_the_model_carries_the_recipes_temperature(trained):
     out, summary = trained
     model = load_model(out / "model.safetensors")
     assert model.metadata["temperature"] == TrainConfig().temperature == summary["temperature"]
-    logits = model.network(data.scale(data.load_splits(None).test.images[:4])).float()
-    assert torch.allclose(predict(model, data.scale(data.load_splits(None).test.images[:4])),
+    logits = model.network(preprocess.scale(datasets.load_splits(None).test.images[:4])).float()
+    assert torch.allclose(predict(model, preprocess.scale(datasets.load_splits(None).test.images[:4])),
                           torch.softmax(logits / model.metadata["temperature"], 1), atol=1e-4)
 
 
@@ -206,7 +210,7 @@ def test_the_background_share_is_constant_or_falls_to_zero_by_the_last_step():
     assert [train.scheduled(0.6, s, 100, constant) for s in (0, 50, 99)] == [0.6, 0.6, 0.6]
     assert [train.scheduled(0.6, s, 100, linear) for s in (0, 50, 100)] == pytest.approx([0.6, 0.3, 0.0])
     with pytest.raises(ValueError, match="background_schedule must be one of constant, linear"):
-        train.check_config(TrainConfig(background_schedule="cosine"))
+        check_config(TrainConfig(background_schedule="cosine"))
 
 
 class Recorder(torch.nn.Module):
@@ -237,8 +241,8 @@ def test_the_cut_out_share_of_each_batch_is_swapped_for_the_photos_cut_out(share
     train.train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(1), 0, 4,
                           torch.device("cpu"), cut_outs=cut_outs)
     seen = torch.cat(model.seen)
-    originals = data.scale(images).flatten(1)
-    swapped = data.scale(cut_outs).flatten(1)
+    originals = preprocess.scale(images).flatten(1)
+    swapped = preprocess.scale(cut_outs).flatten(1)
     # each row seen is one photo, as it is or cut out
     is_original = (seen.flatten(1)[:, None] == originals[None]).all(2).any(1)
     is_cut_out = (seen.flatten(1)[:, None] == swapped[None]).all(2).any(1)
@@ -253,7 +257,7 @@ def test_the_thumbless_share_of_the_fours_is_swapped_for_fives_without_a_thumb(s
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (96, 3, 64, 64), dtype=torch.uint8, generator=generator)
     labels = torch.arange(96) % 6
-    thumbless = train.Thumbless(torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8, generator=generator), 4)
+    thumbless = synthetic.Thumbless(torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8, generator=generator), 4)
     model = Recorder()
     told = []
     loss = train.F.cross_entropy
@@ -262,8 +266,8 @@ def test_the_thumbless_share_of_the_fours_is_swapped_for_fives_without_a_thumb(s
     train.train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), images, labels, config,
                           torch.Generator().manual_seed(1), 0, 6, torch.device("cpu"), thumbless=thumbless)
     seen, told = torch.cat(model.seen).flatten(1), torch.cat(told)
-    originals = (seen[:, None] == data.scale(images).flatten(1)[None]).all(2)
-    painted = (seen[:, None] == data.scale(thumbless.images).flatten(1)[None]).all(2)
+    originals = (seen[:, None] == preprocess.scale(images).flatten(1)[None]).all(2)
+    painted = (seen[:, None] == preprocess.scale(thumbless.images).flatten(1)[None]).all(2)
     assert bool((originals.any(1) ^ painted.any(1)).all())
     assert torch.equal(told[originals.any(1)], labels[originals.float().argmax(1)][originals.any(1)])
     assert bool((told[painted.any(1)] == 4).all())
@@ -275,10 +279,10 @@ def test_the_thumbless_share_of_the_fours_is_swapped_for_fives_without_a_thumb(s
 
 def test_without_signs_fives_to_paint_the_recipe_says_why_and_trains_without_them():
     images = torch.zeros((4, 3, 64, 64), dtype=torch.uint8)
-    assert "not SIGNS' 4 and 5 (cat, dog)" in train.Thumbless.of(images, torch.tensor([0, 1, 0, 1]), ["cat", "dog"])
-    assert "holds no photo of a 5" in train.Thumbless.of(images, torch.tensor([0, 1, 4, 4]), list("012345"))
-    assert data.thumbless_photos(images[:0])[1].shape == (0,)
-    assert "no hand was found" in train.Thumbless.of(images, torch.tensor([4, 5, 4, 5]), list("012345"))
+    assert "not SIGNS' 4 and 5 (cat, dog)" in synthetic.Thumbless.of(images, torch.tensor([0, 1, 0, 1]), ["cat", "dog"])
+    assert "holds no photo of a 5" in synthetic.Thumbless.of(images, torch.tensor([0, 1, 4, 4]), list("012345"))
+    assert synthetic.thumbless_photos(images[:0])[1].shape == (0,)
+    assert "no hand was found" in synthetic.Thumbless.of(images, torch.tensor([4, 5, 4, 5]), list("012345"))
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -296,7 +300,7 @@ def test_without_signs_fives_to_paint_the_recipe_says_why_and_trains_without_the
 def test_settings_out_of_range_are_refused_before_training(setting, message):
     with pytest.raises(ValueError, match=message):
         train.fit(TrainConfig(out="/nonexistent/never-written", **setting))
-    train.check_config(TrainConfig())  # the defaults are in range
+    check_config(TrainConfig())  # the defaults are in range
 
 
 def test_the_cli_refuses_a_setting_out_of_range_in_one_line(tmp_path):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import start_server
 
 pytestmark = pytest.mark.slow  # a real browser

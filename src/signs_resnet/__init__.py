@@ -1,8 +1,10 @@
 """SIGNS hand-sign classifier: the original ResNet50, trained from scratch and served over HTTP."""
 
-from .data import prepare, prepare_image
-from .model import ResNet50, convolutional_block, identity_block
-from .predict import load_model, predict
+from signs_resnet.answer import decide
+from signs_resnet.data.preprocess import prepare, prepare_image
+from signs_resnet.inference.forward import predict
+from signs_resnet.model import ResNet50, convolutional_block, identity_block
+from signs_resnet.model_file import load_model
 
-__all__ = ["ResNet50", "convolutional_block", "identity_block", "load_model", "predict", "prepare", "prepare_image"]
+__all__ = ["ResNet50", "decide", "convolutional_block", "identity_block", "load_model", "predict", "prepare", "prepare_image"]
 __version__ = "0.1.0"

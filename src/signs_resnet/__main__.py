@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from signs_resnet.cli import main
 
 sys.exit(main())

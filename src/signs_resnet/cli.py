@@ -12,17 +12,18 @@ import os
 import sys
 from pathlib import Path
 
-from . import data
-from .engines import ENGINES
-from .predict import DEFAULT_MODEL, default_model_path
-from .settings import ServeSettings
-from .train import BACKGROUND_SCHEDULES, PRECISIONS, TrainConfig
+from signs_resnet.answer import note
+from signs_resnet.data import datasets
+from signs_resnet.inference.engines import ENGINES
+from signs_resnet.model_file import DEFAULT_MODEL, default_model_path
+from signs_resnet.serving.settings import ServeSettings
+from signs_resnet.training.config import BACKGROUND_SCHEDULES, PRECISIONS, TrainConfig
 
 log = logging.getLogger("signs_resnet")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import fit
+    from signs_resnet.training.train import fit
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -40,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _model(path: str):
     """The model file `path`, read and verified; a missing one is named with how to get one."""
-    from .predict import load_model
+    from signs_resnet.model_file import load_model
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such model file (train one with `signs train`, or name one with "
@@ -48,15 +49,15 @@ def _model(path: str):
     return load_model(path)
 
 
-def _test_split(path: str | None, classes: list[str]) -> data.Dataset:
-    splits = data.load_splits(path, classes=classes)
+def _test_split(path: str | None, classes: list[str]) -> datasets.Dataset:
+    splits = datasets.load_splits(path, classes=classes)
     if splits.test is None:
-        raise ValueError(f"{path or data.default_data_path()}: holds no test split")
+        raise ValueError(f"{path or datasets.default_data_path()}: holds no test split")
     return splits.test
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, plot_confusion, plot_curves
+    from signs_resnet.training.evaluate import evaluate, plot_confusion, plot_curves
 
     model = _model(args.model)
     dataset = _test_split(args.data, model.classes)
@@ -90,20 +91,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .classify import classify_files, find_images
+    from signs_resnet.inference.classify import classify_files, find_images
 
     if args.batch_size < 1 or args.threads < 0:
         raise ValueError("--batch-size must be at least 1 and --threads not negative")
     found = find_images(args.paths)  # once: for the progress bar's total and for classifying
     show_progress = args.progress and sys.stderr.isatty() and len(found) > args.batch_size
     if args.server:
-        from .remote import RemoteModel, classify_remote
+        from signs_resnet.serving.client import RemoteModel, classify_remote
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request between the results
         model = RemoteModel(args.server, args.api_key or os.environ.get("SIGNS_API_KEY", ""))
         classes, results = model.classes, classify_remote(model, found, args.batch_size)
     else:
-        from .engines import load_engine
+        from signs_resnet.inference.engines import load_engine
 
         engine = load_engine(_model(args.model), args.engine, args.threads, args.batch_size)
         classes, results = engine.model.classes, classify_files(engine, found, args.batch_size)
@@ -128,22 +129,12 @@ def format_results(results: list[dict], classes: list[str], style: str) -> str:
         return buffer.getvalue()
     return "".join(f"{r['path']}: error: {r['error'].removeprefix(r['path'] + ': ')}\n" if "error" in r else
                    f"{r['path']}: {r['label']} ({r['probability']:.1%}{'' if r['confident'] else ', not confident'}"
-                   f"{_hand_note(r['label'], r.get('hand'))})\n"
+                   f"{note(r['label'], r.get('hand'))})\n"
                    for r in results)
 
 
-def _hand_note(label: str, hand: dict | None) -> str:
-    """What the hand finder adds to an answer's line: no hand found, or a count of fingers other than the answer's."""
-    if hand and not hand["found"]:
-        return ", no hand found"
-    fingers = (hand or {}).get("fingers")
-    if fingers is not None and data.finger_count(label) not in (None, fingers):
-        return f", the hand shows {fingers} finger{'' if fingers == 1 else 's'}"
-    return ""
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from .runner import run
+    from signs_resnet.serving.runner import run
 
     fields = {f.name for f in dataclasses.fields(ServeSettings)}
     run(ServeSettings.from_env(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -151,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import FORMATS, export
+    from signs_resnet.inference.export import FORMATS, export
 
     model = _model(args.model)
     out = args.out or str(Path(args.model).with_suffix(FORMATS[args.format]))
@@ -172,7 +163,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _fetch_hand_models(args: argparse.Namespace) -> int:
-    from .hands import fetch_hand_models
+    from signs_resnet.hands.model_files import fetch_hand_models
 
     for path in fetch_hand_models():
         print(f"{path}: MediaPipe's, SHA-256 checked")
@@ -180,8 +171,8 @@ def _fetch_hand_models(args: argparse.Namespace) -> int:
 
 
 def _import_keras(args: argparse.Namespace) -> int:
-    from .keras_import import import_keras
-    from .train import MODEL_FILE
+    from signs_resnet.keras_import import import_keras
+    from signs_resnet.training.config import MODEL_FILE
 
     path = Path(args.out) / MODEL_FILE
     checksum = import_keras(args.file, path)

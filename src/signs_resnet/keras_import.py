@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 import torch
 
-from . import data
-from .model import STAGES, ResNet50, ResNet50Model
-from .predict import save_model
+from signs_resnet.data import preprocess
+from signs_resnet.model import STAGES, ResNet50, ResNet50Model
+from signs_resnet.model_file import save_model
 
 # Each Keras layer's weights, in the order Keras keeps them (a Keras 3 weights file numbers them so).
 CONV_WEIGHTS = ("kernel", "bias")
@@ -227,7 +227,7 @@ def import_keras(path: str | Path, out: str | Path) -> str:
     metadata = {
         "classes": [str(i) for i in range(model.num_classes)],
         "input_shape": list(model.input_shape),
-        "preprocessing": data.PREPROCESSING,
+        "preprocessing": preprocess.PREPROCESSING,
         "source": {
             "keras_file": Path(path).name,
             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),

@@ -1,0 +1,158 @@
+"""The one preprocessing path: every image the model sees, in training, evaluation, prediction and the API.
+
+`frame` decodes, orients, converts, cuts the hand out (hands/), pads to square and resizes to uint8; `scale`
+is uint8 -> float in [0, 1], the original's /255. `prepare` is the two together for a single image, with
+where the network looked (`Framing`); `prepare_image` is its image alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from signs_resnet.data.decoding import MAX_PIXELS, ImageError, _to_rgb, open_image
+from signs_resnet.hands.detector import find_hand
+from signs_resnet.hands.geometry import FRAMING, Hand
+from signs_resnet.hands.model_files import HandModelError
+
+IMAGE_SIZE = 64
+# What a found hand is cut out onto: the SIGNS photos' background, the median of their border colours (the
+# network knows hands on it; docs/robustness.md, "Cutting the hand out").
+BACKGROUND = (223, 218, 210)
+PREPROCESSING = {
+    "hand": f"photos larger than the input: the hand cut out from its landmarks onto {BACKGROUND}, in a square "
+            f"{FRAMING}x the landmarks (hands/)",
+    "resize": "pad to square with the median border colour, then Lanczos to the input size",
+    "scale": "x / 255",
+    "layout": "NCHW float32 RGB",
+}
+
+
+def _border_colour(image: Image.Image) -> tuple[int, ...]:
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return tuple(int(c) for c in np.median(border, axis=0))
+
+
+def _pad_to_square(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    return ImageOps.pad(image, (side, side), color=_border_colour(image), centering=(0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Where the network looked in a photo. `searched`: the photo was larger than the network's input, so
+    the hand was looked for (photos at the input size or smaller, such as SIGNS', are read as they are);
+    `score`: the hand finder's certainty, None when it found no hand; `crop`: the square the network read
+    (left, top, right, bottom in the photo's pixels after EXIF orientation; it may reach past the edges,
+    painted like the background), None when it read the whole photo; `fingers`: how many fingers the hand's
+    points show held out (Hand.fingers), None without a hand."""
+
+    searched: bool = False
+    score: float | None = None
+    crop: tuple[int, int, int, int] | None = None
+    fingers: int | None = None
+
+    @property
+    def hand_found(self) -> bool:
+        """False only when the hand was looked for and not found: such an answer is never confident."""
+        return not self.searched or self.score is not None
+
+
+def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], size: int) -> Image.Image:
+    """The box of the photo with everything but the hand (Hand.silhouette) painted BACKGROUND, past the
+    photo's edges too. A box many times larger than `size` is cut from the photo reduced by a whole factor
+    first (to 4-8 times `size`, plenty for the resize to `size`): a close-up in a huge photo never builds a
+    huge canvas, and a phone photo's silhouette is drawn and blurred at a few hundred pixels, not thousands."""
+    factor = (box[2] - box[0]) // (4 * size)
+    if factor >= 2:
+        image, hand = image.reduce(factor), Hand(hand.points / factor, hand.score)
+        box = tuple(round(v / factor) for v in box)
+    left, top, right, bottom = box
+    canvas = Image.new("RGB", (right - left, bottom - top), BACKGROUND)
+    inside = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
+    window = (inside[0] - left, inside[1] - top, inside[2] - left, inside[3] - top)  # the photo's part of it
+    silhouette = hand.silhouette(canvas.size, (left, top)).crop(window)
+    canvas.paste(image.crop(inside), window[:2], silhouette)  # the photo through the silhouette
+    return canvas
+
+
+def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image, Framing]:
+    """An oriented RGB photo as the network reads it: the hand (hands/) cut out onto SIGNS' background in
+    a square around it, or the photo whole when it is no larger than `size` or has no hand."""
+    if max(image.size) <= size:
+        return image, Framing()
+    hand = find_hand(image)
+    if hand is None:
+        return image, Framing(searched=True)
+    left, top, right, bottom = hand.box
+    if right <= 0 or bottom <= 0 or left >= image.width or top >= image.height:
+        return image, Framing(searched=True)  # points off the photo: no hand in it
+    box = hand.square()
+    return _cut_out(image, hand, box, size), Framing(True, hand.score, box, hand.fingers())
+
+
+def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+          max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Framing]:
+    """Decode, apply EXIF orientation, convert to RGB, cut the hand out, pad to square, resize:
+    uint8 size x size x 3, and where the network looked."""
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
+    try:
+        full_size = max(image.size)
+        if image.format == "JPEG":
+            # Decode big JPEGs at a reduced scale (much faster), keeping enough pixels for a hand that is a
+            # small part of the photo.
+            image.draft("RGB", (size * 8, size * 8))
+        reduction = full_size / max(image.size)
+        image = _to_rgb(ImageOps.exif_transpose(image))
+        image, framing = frame_hand(image, size)
+        if framing.crop is not None and reduction != 1:
+            framing = replace(framing, crop=tuple(round(v * reduction) for v in framing.crop))
+        image = _pad_to_square(image)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        return np.array(image, dtype=np.uint8), framing
+    except HandModelError:
+        raise  # the install is broken, not the photo
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{name}: cannot decode image ({error})", "corrupt_image") from None
+
+
+def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+             max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """`frame`'s pixels alone: uint8 size x size x 3."""
+    return frame(source, size, max_pixels)[0]
+
+
+def scale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N x 3 x H x W or N x H x W x 3 numpy-style) to float32 N x 3 x H x W in [0, 1]."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}")
+    return images.float().div_(255)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 batch on the device -> float model input in channels-last memory layout."""
+    return scale(images).contiguous(memory_format=torch.channels_last)
+
+
+def prepare(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+            max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, Framing]:
+    """One image to the model's input, float32 3 x size x size in [0, 1], and where the network looked."""
+    pixels, framing = frame(source, size, max_pixels)
+    return scale(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0))[0], framing
+
+
+def prepare_image(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
+                  max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """One image, any format or mode, to the model's input: float32 3 x size x size in [0, 1]."""
+    return prepare(source, size, max_pixels)[0]

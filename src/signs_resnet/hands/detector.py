@@ -1,0 +1,158 @@
+"""Finding the hand in a photo with MediaPipe's two models run on OpenVINO: the palm detector finds the palm,
+the landmark model then places the hand's 21 points (docs/robustness.md, "Finding the hand")."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import threading
+
+import numpy as np
+from PIL import Image
+
+from signs_resnet.hands.geometry import Hand
+from signs_resnet.hands.model_files import LANDMARK_MODEL, MODELS, PALM_MODEL, HandModelError, _verified
+
+PALM_INPUT = 192  # the palm detector's square input, RGB in [0, 1]
+LANDMARK_INPUT = 224  # the landmark model's
+# MediaPipe's own settings: a palm counts from a score of 0.5; the landmark model reads a square 2.6 times
+# the palm's side, moved half a side towards the fingers and turned so that they point up.
+MIN_PALM_SCORE = 0.5
+MIN_PRESENCE = 0.5
+PALM_TO_HAND_SCALE, PALM_TO_HAND_SHIFT = 2.6, 0.5
+NMS_OVERLAP = 0.3
+
+
+def _anchors() -> np.ndarray:
+    """The palm detector's 2016 anchor centres (MediaPipe's SSD anchors for it: a 24x24 grid with 2 per
+    cell at stride 8, then a 12x12 grid with 6 per cell at stride 16), as x, y in [0, 1]."""
+    rows = []
+    for stride, per_cell in ((8, 2), (16, 6)):
+        cells = PALM_INPUT // stride
+        ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells, indexing="ij")
+        rows.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], 1), per_cell, axis=0))
+    return np.concatenate(rows).astype(np.float32)
+
+
+class HandFinder:
+    """The two models compiled once, in fp32 (the same answers on every CPU), with one single-threaded
+    stream per core, so that decoding threads, each with its own inference requests, look for hands at the
+    same time."""
+
+    def __init__(self) -> None:
+        import openvino as ov  # the server's engine already loads it; here only when a hand is looked for
+
+        streams = os.cpu_count() or 1
+        config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
+        core = ov.Core()
+        try:
+            self._palm = core.compile_model(core.read_model(str(_verified(PALM_MODEL))), "CPU", config)
+            self._landmarks = core.compile_model(core.read_model(str(_verified(LANDMARK_MODEL))), "CPU", config)
+            # Outputs by name, not position: the palm's boxes and scores; the hand's landmarks and presence.
+            self._outputs = {"boxes": self._palm.output("Identity"), "scores": self._palm.output("Identity_1"),
+                             "landmarks": self._landmarks.output("Identity"),
+                             "presence": self._landmarks.output("Identity_1")}
+        except RuntimeError as error:
+            raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {MODELS}: "
+                                 f"{str(error).strip().splitlines()[0]}") from None
+        self._anchors = _anchors()
+        self._local = threading.local()
+
+    def _requests(self):
+        if not hasattr(self._local, "palm"):
+            self._local.palm = self._palm.create_infer_request()
+            self._local.landmarks = self._landmarks.create_infer_request()
+        return self._local.palm, self._local.landmarks
+
+    def find(self, image: Image.Image) -> Hand | None:
+        """The most likely hand in a photo, or None when there is none."""
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        palm_request, landmark_request = self._requests()
+        palm = self._best_palm(image, palm_request)
+        if palm is None:
+            return None
+        centre, side, angle, palm_score = palm
+        # The landmark model reads the palm's square, turned upright: map its pixels back to the photo's.
+        scale = side / LANDMARK_INPUT
+        cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+        x0 = centre[0] - (cos - sin) * LANDMARK_INPUT / 2
+        y0 = centre[1] - (sin + cos) * LANDMARK_INPUT / 2
+        affine = (cos, -sin, x0, sin, cos, y0)
+        patch = image.transform((LANDMARK_INPUT, LANDMARK_INPUT), Image.Transform.AFFINE, affine,
+                                Image.Resampling.BILINEAR)
+        outputs = landmark_request.infer([np.asarray(patch, dtype=np.float32)[None] / 255])
+        landmarks = outputs[self._outputs["landmarks"]].reshape(21, 3)[:, :2]
+        presence = float(outputs[self._outputs["presence"]].reshape(-1)[0])
+        points = np.stack([cos * landmarks[:, 0] - sin * landmarks[:, 1] + x0,
+                           sin * landmarks[:, 0] + cos * landmarks[:, 1] + y0], 1)
+        if not presence >= MIN_PRESENCE or not np.isfinite(points).all():
+            return None
+        return Hand(points.astype(np.float32), presence * palm_score)
+
+    def _best_palm(self, image: Image.Image, request) -> tuple[np.ndarray, float, float, float] | None:
+        """The best palm's square for the landmark model: centre (pixels), side, the angle that turns its
+        fingers up, and the palm's score; None when no palm scores MIN_PALM_SCORE."""
+        # The photo shrunk to fit the detector's square first (an elongated photo never becomes a huge
+        # canvas), centred on black as MediaPipe letterboxes it.
+        shrink = PALM_INPUT / max(image.size)
+        fitted = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
+                              Image.Resampling.BILINEAR)
+        offset = np.array([(PALM_INPUT - fitted.width) // 2, (PALM_INPUT - fitted.height) // 2], dtype=np.float32)
+        canvas = Image.new("RGB", (PALM_INPUT, PALM_INPUT))
+        canvas.paste(fitted, (int(offset[0]), int(offset[1])))
+        outputs = request.infer([np.asarray(canvas, dtype=np.float32)[None] / 255])
+        raw = outputs[self._outputs["boxes"]].reshape(-1, 18)
+        logits = outputs[self._outputs["scores"]].reshape(-1)
+        scores = 1 / (1 + np.exp(-np.clip(logits, -100, 100)))
+        keep = scores >= MIN_PALM_SCORE
+        if not keep.any():
+            return None
+        raw, scores, anchors = raw[keep] / PALM_INPUT, scores[keep], self._anchors[keep]
+        centres = raw[:, :2] + anchors
+        boxes = np.concatenate([centres - raw[:, 2:4] / 2, centres + raw[:, 2:4] / 2], 1)
+        keypoints = raw[:, 4:].reshape(-1, 7, 2) + anchors[:, None, :]
+        # MediaPipe's weighted suppression: the best palm's box and keypoints, averaged over the detections
+        # that overlap it, weighted by their scores.
+        best = int(scores.argmax())
+        group = _overlap(boxes[best], boxes) > NMS_OVERLAP
+        group[best] = True
+        weights = scores[group] / scores[group].sum()
+        to_pixels = PALM_INPUT / shrink  # from the detector's [0, 1] to the photo's pixels
+        box = (boxes[group] * weights[:, None]).sum(0) * to_pixels - np.tile(offset, 2) / shrink
+        keypoints = (keypoints[group] * weights[:, None, None]).sum(0) * to_pixels - offset / shrink
+        wrist, knuckle = keypoints[0], keypoints[2]  # the palm's keypoints 0 and 2: wrist, middle finger's knuckle
+        up = (knuckle - wrist) / max(float(np.linalg.norm(knuckle - wrist)), 1e-6)
+        palm_side = float(max(box[2] - box[0], box[3] - box[1]))
+        if not palm_side >= 1 or not np.isfinite(box).all() or not np.isfinite(up).all():
+            return None
+        centre = (box[:2] + box[2:]) / 2 + up * PALM_TO_HAND_SHIFT * palm_side
+        return centre, PALM_TO_HAND_SCALE * palm_side, math.atan2(up[0], -up[1]), float(scores[best])
+
+
+def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one box with many (left, top, right, bottom)."""
+    low, high = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+    intersection = np.prod(np.clip(high - low, 0, None), axis=1)
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return intersection / (np.prod(box[2:] - box[:2]) + areas - intersection + 1e-12)
+
+
+_building = threading.Lock()
+
+
+@functools.cache
+def _finder() -> HandFinder:
+    return HandFinder()
+
+
+def finder() -> HandFinder:
+    """The process's one HandFinder, built at first use (about 0.2 s; the server and `signs predict` build
+    it before their first photo). Raises HandModelError when the models cannot be used."""
+    with _building:  # decoding threads that start together build it once
+        return _finder()
+
+
+def find_hand(image: Image.Image) -> Hand | None:
+    """The most likely hand in an RGB photo, or None when the models see none."""
+    return finder().find(image)

@@ -1,0 +1,37 @@
+"""Reading the hand's landmarks: how many fingers it holds up, and how often SIGNS hands of each class show
+each count (docs/accuracy.md, "The hand's count")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# A finger is held out when its tip is this many times farther from the wrist than its middle joint; the thumb
+# when its tip is this many palm lengths (wrist to middle knuckle) from the palm's centre. Fitted to the 1080
+# SIGNS training photos enlarged 4x: `python benchmarks/finger_count.py` (docs/accuracy.md, "The hand's count").
+FINGER_OUT, THUMB_OUT = 1.22, 0.80
+FINGER_JOINTS = ((6, 8), (10, 12), (14, 16), (18, 20))  # each finger's middle joint and tip
+PALM_CENTRE = (0, 5, 9, 13, 17)  # the palm's centre: the mean of the wrist and the four knuckles
+# How often a SIGNS hand of each class shows each count (Hand.fingers) from 0 to 5, one added to every cell so
+# that no count rules a class out: an answer weighs the network's probabilities by it (answer.posterior).
+# Fitted with the thresholds above, on the same photos, by `python benchmarks/finger_count.py`
+# (docs/accuracy.md, "The hand's count").
+COUNT_LIKELIHOOD = {  # class: P(count 0, 1, ..., 5 | class)
+    "0": (0.338, 0.450, 0.119, 0.031, 0.037, 0.025),
+    "1": (0.006, 0.803, 0.139, 0.029, 0.017, 0.006),
+    "2": (0.007, 0.026, 0.804, 0.111, 0.026, 0.026),
+    "3": (0.009, 0.009, 0.017, 0.896, 0.026, 0.043),
+    "4": (0.007, 0.007, 0.007, 0.036, 0.871, 0.071),
+    "5": (0.005, 0.005, 0.005, 0.005, 0.163, 0.815),
+}
+
+
+def finger_ratios(points: np.ndarray) -> np.ndarray:
+    """For hands' landmarks (K x 21 x 2), the five ratios that say whether each finger is held out (K x 5): the
+    thumb's tip's distance from the palm's centre over the palm's length (wrist to middle knuckle), then each
+    finger's tip's distance from the wrist over its middle joint's. NaN where a length is zero."""
+    from_wrist = np.linalg.norm(points - points[:, :1], axis=-1)  # K x 21
+    lengths = np.where(from_wrist > 1e-6, from_wrist, np.nan)  # the denominators: NaN, not a division by zero
+    centre = points[:, list(PALM_CENTRE)].mean(1)
+    thumb = np.linalg.norm(points[:, 4] - centre, axis=-1) / lengths[:, 9]
+    fingers = [from_wrist[:, tip] / lengths[:, joint] for joint, tip in FINGER_JOINTS]
+    return np.stack([thumb, *fingers], 1)

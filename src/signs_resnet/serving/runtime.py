@@ -1,0 +1,140 @@
+"""What every route of the server shares: the model on its engine, the batcher, the decoding threads
+and readiness, in one typed `Runtime`; and `start_engine`, the original's `load_model` start-up step.
+
+A request's images flow: decode (`Runtime.classify` runs the route's `prepare` in a decoding thread)
+-> the Batcher's queue -> one forward pass on a batch (the inference thread) -> the route's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+import torch
+from fastapi import Depends, Request
+
+from signs_resnet.hands.detector import finder
+from signs_resnet.inference.engines import Engine, load_engine, warm_up
+from signs_resnet.model_file import load_model as load_model_file
+from signs_resnet.serving.batching import Batcher, BatchResult
+from signs_resnet.serving.errors import ApiError
+from signs_resnet.serving.metrics import Metrics
+from signs_resnet.serving.schemas import ModelInfo
+from signs_resnet.serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+Extra = TypeVar("Extra")
+
+# Images this small (all of a request's together) decode faster on the event loop than a hand-off to a
+# decoding thread and back costs (docs/performance.md, "Decoding on the event loop").
+INLINE_DECODE_MAX_PIXELS = 128 * 128
+
+
+def start_engine(settings: ServeSettings) -> Engine:
+    """Read and verify the model file once, at start-up, and make it ready on the configured engine, with
+    the hand finder that framing a photo needs. Raises FileNotFoundError or ValueError naming the file when
+    it is not a usable model."""
+    started = time.perf_counter()
+    model = load_model_file(settings.model)
+    engine = load_engine(model, settings.engine, settings.threads, settings.max_batch_size)
+    finder()
+    log.info("loaded %s (sha256 %s, engine %s) in %.1f s", settings.model, model.checksum[:12], engine.describe(),
+             time.perf_counter() - started)
+    return engine
+
+
+@dataclass
+class Runtime:
+    """The server's state: set up by `start` (in the app's lifespan), read by the routes."""
+
+    settings: ServeSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    engine: Engine | None = None
+    batcher: Batcher | None = None
+    info: ModelInfo | None = None
+    info_json: dict[str, Any] | None = None  # `info` as the answers carry it, built once
+    ready: bool = False  # loaded and warmed up: the batcher runs
+    decoder: ThreadPoolExecutor = field(init=False)
+    _warming: asyncio.Task | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.decoder = ThreadPoolExecutor(max_workers=self.settings.decode_threads, thread_name_prefix="decode")
+
+    async def start(self, engine: Engine | None = None) -> None:
+        """Serve `engine` (else load the model now, off the event loop), then warm up in the background:
+        `ready` turns true once every batch size has run once."""
+        loop = asyncio.get_running_loop()
+        log.info("serving settings %s", self.settings.to_log())
+        engine = engine or await loop.run_in_executor(None, start_engine, self.settings)
+        info = ModelInfo(name=self.settings.model_name, checksum=engine.model.checksum, engine=engine.describe(),
+                         classes=engine.model.classes, version=engine.model.checksum[:12])
+        self.metrics.model.labels(info.name, info.checksum, info.engine, ",".join(info.classes), info.version).set(1)
+        self.batcher = Batcher(engine, self.settings.max_batch_size, self.settings.max_wait_ms,
+                               self.settings.max_queue, self.metrics)
+        self.engine, self.info, self.info_json = engine, info, info.model_dump()
+        self._warming = loop.create_task(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            seconds = await loop.run_in_executor(self.batcher.thread, warm_up, self.engine,
+                                                 self.settings.max_batch_size)
+        except Exception:
+            log.exception("warm-up failed; the server stays unready")
+            return
+        self.batcher.start()
+        self.ready = True
+        log.info("warmed up batch sizes 1..%d in %.1f s; ready", self.settings.max_batch_size, seconds)
+
+    async def stop(self) -> None:
+        """Answer the requests already queued, then stop the threads."""
+        if self._warming:
+            self._warming.cancel()
+        if self.batcher:
+            await self.batcher.stop()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+
+    def ready_batcher(self) -> Batcher:
+        """The batcher, or a 503 while the model is still loading or warming up."""
+        if not self.ready:
+            raise ApiError(503, "not_ready", "the model is still loading; retry shortly", {"Retry-After": "1"})
+        return self.batcher
+
+    def ready_engine(self) -> Engine:
+        """The engine once loaded (metadata is there before warm-up ends), else a 503."""
+        if self.engine is None:
+            raise ApiError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
+        return self.engine
+
+    async def classify(self, prepare: Callable[[], tuple[torch.Tensor, Extra]], count: int,
+                       inline: bool = False) -> tuple[Extra, BatchResult, float]:
+        """Run `prepare` (decoding: images and anything else it returns) in a decoding thread, or right here
+        when `inline` (small images, see INLINE_DECODE_MAX_PIXELS), then wait for the images' batch.
+        Returns (what else prepare returned, the batch result, decoding seconds)."""
+        batcher = self.ready_batcher()
+        batcher.check_capacity(count)  # refuse early, before spending time on decoding
+        started = time.perf_counter()
+        if inline:  # nothing else runs meanwhile, so the batcher need not know these images are coming
+            images, extra = prepare()
+        else:
+            batcher.arriving += count
+            try:
+                images, extra = await asyncio.get_running_loop().run_in_executor(self.decoder, prepare)
+            finally:
+                batcher.arriving -= count
+        decode_seconds = time.perf_counter() - started
+        return extra, await batcher.submit(images), decode_seconds
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The app's Runtime (create_app puts it in app.state)."""
+    return request.app.state.runtime
+
+
+AppRuntime = Annotated[Runtime, Depends(runtime_of)]  # a route's parameter: the app's Runtime
