@@ -307,3 +307,18 @@ def test_cors_origins_are_a_comma_separated_list():
     settings = ServeSettings.from_env({"SIGNS_CORS_ORIGINS": "https://a.example, http://localhost:3000,"})
     assert settings.cors_origin_list == ["https://a.example", "http://localhost:3000"]
     assert ServeSettings().cors_origin_list == []
+
+
+@pytest.mark.slow  # two server processes
+def test_two_workers_serve_predict_and_one_metrics_page(model_file, tmp_path, signs_jpegs):
+    """--workers 2: uvicorn imports the app factory by its module path in each worker process."""
+    server = start_server(model_file, tmp_path / "server.log", "--workers", "2", "--engine", "torch-fp32")
+    try:
+        with httpx.Client(timeout=30) as client:
+            answers = [client.post(f"{server.url}/predict", files={"image": path.read_bytes()}) for path in signs_jpegs]
+            assert [response.status_code for response in answers] == [200] * len(signs_jpegs)
+            assert all(response.json()["success"] for response in answers)
+            metrics = client.get(f"{server.url}/metrics").text
+        assert 'signs_http_requests_total{method="POST",route="/predict",status="200"} 6.0' in metrics  # both workers' counts
+    finally:
+        server.stop()

@@ -60,7 +60,7 @@ def run(settings: ServeSettings) -> None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics over all worker processes
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="signs-metrics-")
     try:
-        uvicorn.run("signs_resnet.runner:create_app_from_env", factory=True, workers=settings.workers, **options)
+        uvicorn.run("signs_resnet.serving.runner:create_app_from_env", factory=True, workers=settings.workers, **options)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
