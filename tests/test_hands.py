@@ -5,6 +5,7 @@ only when they are missing, and gives the same answer from several threads."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -218,41 +219,118 @@ def test_models_that_are_there_and_verified_are_not_downloaded_again(monkeypatch
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded although the models are there")
 
-    monkeypatch.setattr(model_files.subprocess, "run", no_download)
-    assert model_files.fetch_hand_models() == [model_files.PALM_MODEL, model_files.LANDMARK_MODEL]
+    monkeypatch.setattr(model_files, "_download", no_download)
+    paths = model_files.model_paths()
+    assert model_files.fetch_hand_models() == [paths[model_files.PALM_FILE], paths[model_files.LANDMARK_FILE]]
+
+
+def installed_models() -> dict[str, bytes]:
+    return {name: path.read_bytes() for name, path in model_files.model_paths().items()}
+
+
+def fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, member in model_files.WHEEL_MEMBERS.items():
+            archive.writestr(member, members[name])
+    return path
 
 
 def test_the_models_are_taken_out_of_mediapipes_wheel_only_when_they_are_its_own(tmp_path):
-    wheel = tmp_path / "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for name, member in model_files.WHEEL_MEMBERS.items():
-            archive.writestr(member, (model_files.MODELS / name).read_bytes())
+    models = installed_models()
+    wheel = fake_wheel(tmp_path / model_files.WHEEL, models)
     model_files._extract(wheel, tmp_path / "models")
     for name in model_files.WHEEL_MEMBERS:
-        assert (tmp_path / "models" / name).read_bytes() == (model_files.MODELS / name).read_bytes()
+        assert (tmp_path / "models" / name).read_bytes() == models[name]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(model_files.WHEEL_MEMBERS)  # no temporaries
-    changed = tmp_path / "changed.whl"
-    with zipfile.ZipFile(changed, "w") as archive:
-        for member in model_files.WHEEL_MEMBERS.values():
-            archive.writestr(member, b"not a model")
+    changed = fake_wheel(tmp_path / "changed.whl", {name: b"not a model" for name in models})
     with pytest.raises(model_files.HandModelError, match="is not the model this version expects"):
         model_files._extract(changed, tmp_path / "other")
     assert not list((tmp_path / "other").glob("*.tflite"))
 
 
 def test_a_hand_model_that_is_not_mediapipes_is_refused(tmp_path):
-    changed = tmp_path / model_files.PALM_MODEL.name
-    changed.write_bytes(model_files.PALM_MODEL.read_bytes()[:-1] + b"x")
+    changed = tmp_path / model_files.PALM_FILE
+    changed.write_bytes(installed_models()[model_files.PALM_FILE][:-1] + b"x")
     with pytest.raises(model_files.HandModelError, match="SHA-256 is not MediaPipe's"):
-        model_files._verified(changed)
+        model_files.verified(changed)
     with pytest.raises(model_files.HandModelError, match="missing .run `signs fetch-hand-models`"):
-        model_files._verified(tmp_path / "absent.tflite")
+        model_files.verified(tmp_path / model_files.LANDMARK_FILE)
 
 
 @pytest.fixture
-def broken_hand_models(tmp_path, monkeypatch):
-    """The package's hand models as a broken install has them: the palm detector missing."""
-    monkeypatch.setattr(detector, "PALM_MODEL", tmp_path / "palm_detection_full.tflite")
+def no_hand_models(tmp_path, monkeypatch):
+    """An install without the hand models: an empty cache folder ($SIGNS_HOME, which is the only place looked at
+    when set)."""
+    monkeypatch.setenv("SIGNS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / "hand-models"
+
+
+@pytest.fixture
+def wheel_server(tmp_path, monkeypatch):
+    """A real HTTP server on loopback serving one file as MediaPipe's wheel (WHEEL_URL pointed at it); call it
+    with the wheel's bytes; it returns how many times the wheel was downloaded."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    downloads = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            downloads.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(model_files, "WHEEL_URL", f"http://127.0.0.1:{server.server_address[1]}/{model_files.WHEEL}")
+
+    def serve(content: bytes) -> list[str]:
+        (served / model_files.WHEEL).write_bytes(content)
+        return downloads
+
+    yield serve
+    server.shutdown()
+
+
+def test_fetch_downloads_mediapipes_wheel_into_the_cache_folder_without_pip(tmp_path, monkeypatch, wheel_server):
+    """What `signs fetch-hand-models` does on a fresh install: the wheel downloaded over HTTP, checked by its
+    SHA-256 (a stand-in wheel here, holding the real models), the two models taken out of it into
+    $SIGNS_HOME/hand-models; once they are there, nothing is downloaded again."""
+    models = installed_models()
+    wheel = fake_wheel(tmp_path / "stand-in.whl", models).read_bytes()
+    downloads = wheel_server(wheel)
+    monkeypatch.setattr(model_files, "WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
+    monkeypatch.setenv("SIGNS_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "hand-models"
+    with pytest.raises(model_files.HandModelError, match="missing .run `signs fetch-hand-models`"):
+        model_files.model_paths()
+    assert model_files.fetch_hand_models() == [cache / model_files.PALM_FILE, cache / model_files.LANDMARK_FILE]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(models)  # no temporaries left behind
+    assert {name: (cache / name).read_bytes() for name in models} == models
+    assert model_files.fetch_hand_models() and len(downloads) == 1  # there now: not downloaded again
+
+
+def test_a_download_that_is_not_mediapipes_wheel_is_refused(no_hand_models, wheel_server):
+    wheel_server(b"a wheel from somewhere else")
+    with pytest.raises(model_files.HandModelError, match="the download is not mediapipe-0.10.21"):
+        model_files.fetch_hand_models()
+    assert not no_hand_models.exists() or not list(no_hand_models.iterdir())
+
+
+def test_a_failed_download_is_one_clear_error(no_hand_models, monkeypatch):
+    monkeypatch.setattr(model_files, "WHEEL_URL", "http://127.0.0.1:9/nowhere.whl")  # the discard port: refused
+    with pytest.raises(model_files.HandModelError, match="cannot download mediapipe-0.10.21"):
+        model_files.fetch_hand_models()
+
+
+@pytest.fixture
+def broken_hand_models(no_hand_models):
+    """The package's hand models as a broken install has them: missing."""
     detector._finder.cache_clear()
     yield
     detector._finder.cache_clear()

@@ -3,6 +3,7 @@ model stops start-up, SIGTERM drains requests in flight, limits on headers and t
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import signal
@@ -322,3 +323,31 @@ def test_two_workers_serve_predict_and_one_metrics_page(model_file, tmp_path, si
         assert 'signs_http_requests_total{method="POST",route="/predict",status="200"} 6.0' in metrics  # both workers' counts
     finally:
         server.stop()
+
+
+@pytest.mark.slow  # a server start
+def test_without_hand_models_the_server_starts_serves_tensors_and_refuses_photos_clearly(model_file, tmp_path,
+                                                                                         sample_jpg, signs_jpegs):
+    """A serving install for tensors only: no hand models (an empty $SIGNS_HOME), and the server still starts,
+    says once what it cannot do, answers FP32 tensors and 64x64 photos, and refuses bigger photos with 503."""
+    server = start_server(model_file, tmp_path / "server.log", "--engine", "torch-fp32",
+                          env={"SIGNS_HOME": str(tmp_path / "empty-home")})
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            zeros = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 64, 64],
+                                 "data": [0.5] * (3 * 64 * 64)}]}
+            tensor = client.post("/v2/models/signs-resnet50/infer", json=zeros)
+            small = client.post("/predict", files={"image": signs_jpegs[0].read_bytes()})
+            photo = client.post("/predict", files={"image": sample_jpg.read_bytes()})
+            v2_photo = client.post("/v2/models/signs-resnet50/infer", json={"inputs": [{
+                "name": "image", "datatype": "BYTES", "shape": [1],
+                "data": [base64.b64encode(sample_jpg.read_bytes()).decode()]}]})
+    finally:
+        server.stop()
+    assert tensor.status_code == 200 and small.status_code == 200 and small.json()["success"]
+    assert photo.status_code == 503 and photo.json()["error"]["code"] == "hand_models_missing"
+    assert "signs fetch-hand-models" in photo.json()["error"]["message"]
+    assert v2_photo.status_code == 503 and "signs fetch-hand-models" in v2_photo.json()["error"]
+    log = server.log.read_text()
+    assert log.count("photos larger than 64x64 are refused until the hand models are there") == 1
+    assert "Traceback" not in log

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "signs_resnet"
@@ -113,3 +114,13 @@ def test_signs_train_never_imports_the_web_stack(signs_slice, tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "signs_resnet.training.train" in imported and (tmp_path / "model.safetensors").exists()
     assert sorted(name for name in imported if name.split(".")[0] in WEB_STACK) == []
+
+
+def test_a_missing_extra_names_the_extra_that_installs_it(monkeypatch):
+    from signs_resnet import extras
+
+    assert extras.require("json", "anything").dumps([1]) == "[1]"
+    monkeypatch.setitem(extras.EXTRAS, "no_such_module_here", "plots")
+    with pytest.raises(extras.MissingExtra, match=r"^drawing needs no_such_module_here, which the \[plots\] extra "
+                                                  r"installs: pip install 'signs-resnet\[plots\]'$"):
+        extras.require("no_such_module_here.sub", "drawing")

@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     import_keras.set_defaults(run=_import_keras)
 
     fetch = commands.add_parser("fetch-hand-models", help="download the hand finder's two models (MediaPipe's, "
-                                "from its wheel on PyPI) unless they are there already; `make` runs it")
+                                "from its wheel on PyPI) into $SIGNS_HOME/hand-models or the user cache folder, unless "
+                                "they are there already; `make` runs it")
     fetch.set_defaults(run=_fetch_hand_models)
     return parser
 

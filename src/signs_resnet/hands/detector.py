@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from signs_resnet.hands.geometry import Hand
-from signs_resnet.hands.model_files import LANDMARK_MODEL, MODELS, PALM_MODEL, HandModelError, _verified
+from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, HandModelError, model_paths
 
 PALM_INPUT = 192  # the palm detector's square input, RGB in [0, 1]
 LANDMARK_INPUT = 224  # the landmark model's
@@ -46,15 +46,16 @@ class HandFinder:
         streams = os.cpu_count() or 1
         config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
         core = ov.Core()
+        paths = model_paths()
         try:
-            self._palm = core.compile_model(core.read_model(str(_verified(PALM_MODEL))), "CPU", config)
-            self._landmarks = core.compile_model(core.read_model(str(_verified(LANDMARK_MODEL))), "CPU", config)
+            self._palm = core.compile_model(core.read_model(str(paths[PALM_FILE])), "CPU", config)
+            self._landmarks = core.compile_model(core.read_model(str(paths[LANDMARK_FILE])), "CPU", config)
             # Outputs by name, not position: the palm's boxes and scores; the hand's landmarks and presence.
             self._outputs = {"boxes": self._palm.output("Identity"), "scores": self._palm.output("Identity_1"),
                              "landmarks": self._landmarks.output("Identity"),
                              "presence": self._landmarks.output("Identity_1")}
         except RuntimeError as error:
-            raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {MODELS}: "
+            raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {paths[PALM_FILE].parent}: "
                                  f"{str(error).strip().splitlines()[0]}") from None
         self._anchors = _anchors()
         self._local = threading.local()

@@ -1,27 +1,29 @@
-"""The hand finder's two models, MediaPipe's (Apache-2.0): fetched once from its wheel on PyPI, and checked by
+"""The hand finder's two models, MediaPipe's (Apache-2.0): downloaded once from MediaPipe's wheel on PyPI into a
+user cache folder ($SIGNS_HOME/hand-models, else the platform's), or found beside the package, and checked by
 SHA-256 whenever loaded."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-MODELS = Path(__file__).resolve().parent / "models"  # the two .tflite files are fetched, not in git
-PALM_MODEL = MODELS / "palm_detection_full.tflite"
-LANDMARK_MODEL = MODELS / "hand_landmark_full.tflite"
-SHA256 = {PALM_MODEL.name: "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
-          LANDMARK_MODEL.name: "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3"}
-# Where they are published: this wheel of MediaPipe on PyPI (later ones no longer carry them), any platform's
-# copy holding the same files; only the two files are taken from it, never installed.
-WHEEL = ["mediapipe==0.10.21", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-         "--implementation", "cp", "--abi", "cp311"]
-WHEEL_MEMBERS = {PALM_MODEL.name: "mediapipe/modules/palm_detection/palm_detection_full.tflite",
-                 LANDMARK_MODEL.name: "mediapipe/modules/hand_landmark/hand_landmark_full.tflite"}
+PALM_FILE, LANDMARK_FILE = "palm_detection_full.tflite", "hand_landmark_full.tflite"
+SHA256 = {PALM_FILE: "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
+          LANDMARK_FILE: "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3"}
+# A copy beside the package (a checkout's, or one a packager put there) is used before the cache folder.
+BESIDE = Path(__file__).resolve().parent / "models"
+# Where they are published: this wheel of MediaPipe on PyPI (later ones no longer carry them); only the two files
+# are taken from it, never installed. Any platform's copy holds the same files; this one is pinned by its hash.
+WHEEL = "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
+WHEEL_URL = ("https://files.pythonhosted.org/packages/ad/83/56f760fecdc60de84c529d6c05c9dfc7d972617c6632bd254d5e021e5b16/"
+             + WHEEL)
+WHEEL_SHA256 = "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3"
+WHEEL_MEMBERS = {PALM_FILE: "mediapipe/modules/palm_detection/palm_detection_full.tflite",
+                 LANDMARK_FILE: "mediapipe/modules/hand_landmark/hand_landmark_full.tflite"}
+FETCH = "run `signs fetch-hand-models`"
 
 
 class HandModelError(ValueError):
@@ -29,12 +31,36 @@ class HandModelError(ValueError):
     bad photo, so it is never reported as one."""
 
 
-def _verified(path: Path) -> Path:
+def cache_folder() -> Path:
+    """Where `fetch_hand_models` keeps the models: $SIGNS_HOME/hand-models, else the platform's user cache
+    folder (~/.cache/signs-resnet/hand-models on Linux)."""
+    if os.environ.get("SIGNS_HOME"):
+        return Path(os.environ["SIGNS_HOME"]) / "hand-models"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("signs-resnet", appauthor=False)) / "hand-models"
+
+
+def verified(path: Path) -> Path:
+    """`path` when it holds the model of its name, MediaPipe's byte for byte; else a HandModelError."""
     if not path.is_file():
-        raise HandModelError(f"{path}: the hand model is missing (run `signs fetch-hand-models`)")
+        raise HandModelError(f"{path}: the hand model is missing ({FETCH})")
     if hashlib.sha256(path.read_bytes()).hexdigest() != SHA256[path.name]:
-        raise HandModelError(f"{path}: the hand model's SHA-256 is not MediaPipe's (run `signs fetch-hand-models`)")
+        raise HandModelError(f"{path}: the hand model's SHA-256 is not MediaPipe's ({FETCH})")
     return path
+
+
+def model_paths() -> dict[str, Path]:
+    """The two models, verified: from $SIGNS_HOME/hand-models when SIGNS_HOME is set; else from beside the
+    package when both are there, else from the platform's cache folder. Raises HandModelError naming what is
+    wrong with the last place looked at when none has them."""
+    if not os.environ.get("SIGNS_HOME") and all((BESIDE / name).is_file() for name in SHA256):
+        try:
+            return {name: verified(BESIDE / name) for name in SHA256}
+        except HandModelError:
+            pass  # a changed copy beside the package: the cache folder's, if it has them
+    folder = cache_folder()
+    return {name: verified(folder / name) for name in SHA256}
 
 
 def _extract(wheel: Path, folder: Path) -> None:
@@ -47,25 +73,43 @@ def _extract(wheel: Path, folder: Path) -> None:
                 raise HandModelError(f"{wheel.name}: {member} is not the model this version expects")
             with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as temporary:
                 temporary.write(content)
+            os.chmod(temporary.name, 0o644)  # readable like any installed file (a temporary file is private)
             os.replace(temporary.name, folder / name)
 
 
-def fetch_hand_models() -> list[Path]:
-    """Make sure both models are in MODELS and are MediaPipe's: when they are, nothing is downloaded;
-    otherwise MediaPipe's wheel is downloaded from PyPI (about 35 MB, with pip, not installed) and the two
-    files taken from it. Raises HandModelError when that fails."""
-    paths = [PALM_MODEL, LANDMARK_MODEL]
+def _download(url: str, into: Path) -> None:
+    """`url` into the file `into` (streamed; MediaPipe's wheel is about 35 MB), refused unless its SHA-256 is
+    WHEEL_SHA256."""
+    import httpx
+
+    digest = hashlib.sha256()
     try:
-        return [_verified(path) for path in paths]
+        with httpx.stream("GET", url, timeout=60, follow_redirects=True) as response, into.open("wb") as file:
+            response.raise_for_status()
+            for chunk in response.iter_bytes(1 << 20):
+                digest.update(chunk)
+                file.write(chunk)
+    except httpx.HTTPError as error:
+        raise HandModelError(f"cannot download {WHEEL} from PyPI for its hand models: {error}") from None
+    if digest.hexdigest() != WHEEL_SHA256:
+        raise HandModelError(f"{url}: the download is not {WHEEL} (SHA-256 {digest.hexdigest()[:12]}...)")
+
+
+def fetch_hand_models() -> list[Path]:
+    """Make sure both models are where the finder looks (model_paths) and are MediaPipe's: when they are,
+    nothing is downloaded; otherwise MediaPipe's wheel is downloaded from PyPI (no pip needed), checked, and the
+    two files taken from it into the cache folder. Raises HandModelError when that fails."""
+    try:
+        return list(model_paths().values())
     except HandModelError:
         pass
-    with tempfile.TemporaryDirectory() as download:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--dest", download, *WHEEL]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        wheels = list(Path(download).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise HandModelError(f"cannot download {WHEEL[0]} from PyPI for its hand models: {reason}")
-        _extract(wheels[0], MODELS)
-    return [_verified(path) for path in paths]
+    folder = cache_folder()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as download:
+            wheel = Path(download) / WHEEL
+            _download(WHEEL_URL, wheel)
+            _extract(wheel, folder)
+    except OSError as error:
+        raise HandModelError(f"cannot write the hand models into {folder}: {error}") from None
+    return list(model_paths().values())

@@ -29,6 +29,7 @@ from torch import nn
 
 from signs_resnet import artifact
 from signs_resnet.data import datasets, preprocess
+from signs_resnet.extras import require
 from signs_resnet.inference.forward import predict
 from signs_resnet.model_file import LoadedModel
 
@@ -161,6 +162,7 @@ def _input_sizes(network: nn.Module, input_shape: tuple[int, int, int]) -> dict[
 def export_onnx(model: LoadedModel, for_openvino_int8: bool = False) -> bytes:
     """The model as an ONNX file (bytes): `input` N x 3 x H x W float32 -> `probabilities`, `logits`; with
     `for_openvino_int8`, the network in `openvino_form`."""
+    require("onnxscript", "ONNX export")  # torch.onnx's exporter
     height, width, channels = model.input_shape
     module = probabilities_module(model, for_openvino=for_openvino_int8)
     example = torch.rand(2, channels, height, width)
@@ -236,6 +238,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
     """The graph with int8 weights (per output channel) and activations (per tensor, their ranges measured
     on `calibration` images), as QDQ: quantize/dequantize pairs that OpenVINO fuses into int8 kernels."""
     import onnx
+    require("onnxruntime", "the int8 export")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -280,8 +283,7 @@ def int8_agreement(model: LoadedModel, session: Any, images: torch.Tensor) -> di
 
 def onnx_session(onnx_bytes: bytes | str | Path, threads: int = 0):
     """An ONNX Runtime CPU session with every graph optimisation on (`threads` 0: one per core)."""
-    import onnxruntime
-
+    onnxruntime = require("onnxruntime", "ONNX Runtime (the onnx engine, the export's parity check)")
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from signs_resnet.hands.detector import finder
+from signs_resnet.extras import require
 from signs_resnet.model_file import load_model as load_model_file
 from signs_resnet.serving.app import create_app
 from signs_resnet.serving.guards import HttpProtocol
-from signs_resnet.serving.runtime import start_engine
+from signs_resnet.serving.runtime import check_hand_models, start_engine
 from signs_resnet.serving.settings import ServeSettings
 
 LOG_CONFIG = {
@@ -41,6 +41,7 @@ def run(settings: ServeSettings) -> None:
     if not Path(settings.model).is_file():
         raise FileNotFoundError(f"{settings.model}: no such model file (train one with `signs train`)")
     if settings.grpc_port:
+        require("tritonclient.grpc", "--grpc-port (the Open Inference Protocol over gRPC)")
         _check_port_free(settings.host, settings.grpc_port, "gRPC")
     # After its graceful shutdown uvicorn raises the signal again with the handler found at start: make
     # SIGTERM's a clean exit (status 0), also while the model is still loading.
@@ -53,8 +54,8 @@ def run(settings: ServeSettings) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings, start_engine(settings)), **options)
         return
-    load_model_file(settings.model)  # the workers load it; verify it once here, where failing is clear
-    finder()  # and the hand models
+    model = load_model_file(settings.model)  # the workers load it; verify it once here, where failing is clear
+    check_hand_models(model.image_size)  # and say once whether photos can be read
     os.environ.update(settings.to_env())  # the worker processes read their settings from here
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics over all worker processes

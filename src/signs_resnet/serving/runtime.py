@@ -19,6 +19,7 @@ import torch
 from fastapi import Depends, Request
 
 from signs_resnet.hands.detector import finder
+from signs_resnet.hands.model_files import HandModelError
 from signs_resnet.inference.engines import Engine, load_engine, warm_up
 from signs_resnet.model_file import load_model as load_model_file
 from signs_resnet.serving.batching import Batcher, BatchResult
@@ -38,15 +39,30 @@ INLINE_DECODE_MAX_PIXELS = 128 * 128
 
 def start_engine(settings: ServeSettings) -> Engine:
     """Read and verify the model file once, at start-up, and make it ready on the configured engine, with
-    the hand finder that framing a photo needs. Raises FileNotFoundError or ValueError naming the file when
-    it is not a usable model."""
+    the hand finder that framing a photo needs (without it the server still starts, for tensors and photos at
+    the input size: check_hand_models). Raises FileNotFoundError or ValueError naming the file when it is not
+    a usable model."""
     started = time.perf_counter()
     model = load_model_file(settings.model)
     engine = load_engine(model, settings.engine, settings.threads, settings.max_batch_size)
-    finder()
+    check_hand_models(model.image_size)
     log.info("loaded %s (sha256 %s, engine %s) in %.1f s", settings.model, model.checksum[:12], engine.describe(),
              time.perf_counter() - started)
     return engine
+
+
+def check_hand_models(image_size: int) -> bool:
+    """Build the hand finder now, before the first photo; when its models cannot be used, say once what the
+    server can still do: image tensors and photos at the input size need no hand (larger photos are answered
+    503, tensors.prepare_images)."""
+    try:
+        finder()
+        return True
+    except HandModelError as error:
+        log.warning("%s; photos larger than %dx%d are refused until the hand models are there; image tensors "
+                    "(Open Inference Protocol FP32 'input') and %dx%d photos are served", error, image_size,
+                    image_size, image_size, image_size)
+        return False
 
 
 @dataclass

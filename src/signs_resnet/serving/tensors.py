@@ -34,6 +34,7 @@ from PIL import Image
 from signs_resnet.answer import decide
 from signs_resnet.data.decoding import ImageError
 from signs_resnet.data.preprocess import Framing, prepare
+from signs_resnet.hands.model_files import HandModelError
 from signs_resnet.inference.engines import Engine
 from signs_resnet.model_file import LoadedModel
 from signs_resnet.serving.errors import ApiError, decode_error
@@ -132,6 +133,10 @@ def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels
             image, framing = prepare(source, size, max_pixels)
         except ImageError as error:
             raise decode_error(index, names[index] if names else None, error) from None
+        except HandModelError as error:  # the install, not the photo: the same answer for every photo
+            raise ApiError(503, "hand_models_missing", f"this server cannot look for hands ({error}), which "
+                           f"photos larger than {size}x{size} need; send image tensors or {size}x{size} photos "
+                           "meanwhile") from None
         images.append(image)
         framings.append(framing)
     return torch.stack(images), framings

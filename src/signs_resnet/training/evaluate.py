@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from signs_resnet import artifact
 from signs_resnet.data.datasets import Dataset
 from signs_resnet.data.preprocess import scale
+from signs_resnet.extras import require
 
 
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -94,7 +95,7 @@ def _save_figure(figure, path: Path) -> None:
 
 
 def plot_confusion(result: dict[str, Any], path: str | Path) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "drawing the confusion matrix")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -114,7 +115,7 @@ def plot_confusion(result: dict[str, Any], path: str | Path) -> None:
 
 
 def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "drawing the training curves")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

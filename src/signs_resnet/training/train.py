@@ -25,6 +25,7 @@ from tqdm import tqdm
 from signs_resnet import artifact
 from signs_resnet.data import datasets, preprocess
 from signs_resnet.data.preprocess import to_input
+from signs_resnet.extras import MissingExtra
 from signs_resnet.model import ResNet50, training_layout
 from signs_resnet.model_file import save_model
 from signs_resnet.training import distributed, synthetic
@@ -321,9 +322,12 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     }
     summary["model"] = str(out / MODEL_FILE)
     summary["checksum"] = save_model(out / MODEL_FILE, model, metadata)
-    plot_curves(history, out / "curves.png")
-    if splits.test is not None:
-        plot_confusion(summary["test"], out / "confusion.png")
+    try:
+        plot_curves(history, out / "curves.png")
+        if splits.test is not None:
+            plot_confusion(summary["test"], out / "confusion.png")
+    except MissingExtra as missing:  # the model is written; the pictures are a convenience
+        log.warning("no curves.png or confusion.png: %s", missing)
     return summary
 
 
