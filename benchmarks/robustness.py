@@ -65,7 +65,6 @@ from signs_resnet.training import synthetic
 from signs_resnet.training.augment import AugmentConfig, augment, composite_backgrounds  # noqa: E402
 from signs_resnet.training.config import TrainConfig  # noqa: E402
 from signs_resnet.training.evaluate import expected_calibration_error  # noqa: E402
-from signs_resnet.training.synthetic import swap_in_cut_outs  # noqa: E402
 from signs_resnet.training.train import fit  # noqa: E402
 
 REAL_SETS = ("hands_crops", "hands_frames")
@@ -300,22 +299,17 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
 
 def augmented_grid(images: torch.Tensor, path: Path, columns: int = 10, draws: int = 3, scale: int = 96) -> None:
     """`columns` evenly spaced photos of `images` (uint8 N x 3 x H x W) as they are, then `draws` rows of the
-    default recipe's augmentation at its first step (cut-outs swapped in when the recipe does, then backgrounds
-    and the rest), as one image file."""
+    default recipe's augmentation at its first step (backgrounds and the rest), as one image file."""
     from PIL import Image
 
     recipe = TrainConfig()
-    config = AugmentConfig(background_probability=recipe.background_probability,
-                           skin_probability=recipe.skin_probability, camera_probability=recipe.camera_probability)
+    config = AugmentConfig(background_probability=recipe.background_probability)
     chosen = images[torch.linspace(0, len(images) - 1, columns).long()]
     photos = preprocess.scale(chosen)
-    cut_outs = synthetic.cut_out_photos(chosen)[0] if recipe.cut_out_probability > 0 else None
     generator = torch.Generator().manual_seed(0)
     rows = [photos]
     for _ in range(draws):
-        drawn = photos if cut_outs is None else swap_in_cut_outs(photos, cut_outs, recipe.cut_out_probability,
-                                                                  generator)
-        rows.append(augment(drawn, generator, config))
+        rows.append(augment(photos, generator, config))
     grid = torch.cat([torch.cat(list(row), 2) for row in rows], 1)  # 3 x (rows * H) x (columns * W)
     pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     picture = Image.fromarray(pixels)

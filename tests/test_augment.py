@@ -13,7 +13,6 @@ from signs_resnet.training.augment import (
     random_affine,
     random_camera,
     random_colour,
-    skin_shapes,
 )
 
 
@@ -122,47 +121,6 @@ def test_compositing_a_share_of_the_batch_and_none_when_off():
     reference = torch.Generator().manual_seed(5)
     augment(images, reference, AugmentConfig(background_probability=0.0))
     assert torch.equal(generator.get_state(), reference.get_state())
-
-
-def test_skin_shapes_keep_the_hand_and_paint_its_colour_behind_it_deterministically():
-    images, hand = synthetic_signs_photo(64)
-    config = AugmentConfig(background_probability=1.0, skin_probability=1.0)
-    out = composite_backgrounds(images, config, torch.Generator().manual_seed(0))
-    assert out.min() >= 0 and out.max() <= 1
-    inside = (hand & (F.avg_pool2d(hand.float(), 5, 1, 2) == 1)).expand_as(images)
-    assert (out - images).abs()[inside].max() < 0.05  # the hand as it was
-    assert torch.equal(out, composite_backgrounds(images, config, torch.Generator().manual_seed(0)))
-    plain = composite_backgrounds(images, AugmentConfig(background_probability=1.0), torch.Generator().manual_seed(0))
-    # The same backgrounds as without shapes, except where a shape in the hand's colour was painted.
-    outside = (~hand & (F.max_pool2d(hand.float(), 5, 1, 2) == 0)).expand_as(images)
-    skin = torch.tensor([0.72, 0.5, 0.38]).view(1, 3, 1, 1)
-    def near_skin(x):  # hue of the hand's colour, whatever the shape's brightness
-        return ((x / x.sum(1, keepdim=True).clamp(min=1e-3) - skin / skin.sum()).abs().amax(1, keepdim=True) < 0.03)
-    share = lambda x: (near_skin(x) & outside[:, :1]).float().mean()
-    assert share(out) > share(plain) + 0.05
-
-
-def test_skin_shapes_are_ellipses_and_bars_in_the_hand_colour():
-    backgrounds = torch.zeros(2, 3, 32, 32)
-    hand = torch.tensor([0.8, 0.6, 0.4]).view(1, 3, 1, 1).expand(2, 3, 32, 32)
-    mask = torch.ones(2, 1, 32, 32)
-    shape = {"on": torch.tensor([True, True]), "centre": torch.zeros(2, 2), "angle": torch.zeros(2),
-             "width": torch.full((2,), 0.3), "length": torch.full((2,), 0.5), "arm": torch.tensor([False, True]),
-             "tone": torch.ones(2), "tint": torch.zeros(2, 3), "shading": torch.zeros(2)}
-    out = skin_shapes(backgrounds, hand, mask, [shape])
-    assert torch.allclose(out[:, :, 16, 16], torch.tensor([0.8, 0.6, 0.4]), atol=0.01)  # the centre, in its colour
-    assert out[0, :, 16, 1].max() < 0.05 < out[1, :, 16, 1].min()  # an ellipse ends; an arm runs across the photo
-    assert out[:, :, 1, 16].max() < 0.05  # both as thin as their width
-    off = skin_shapes(backgrounds, hand, mask, [shape | {"on": torch.tensor([False, False])}])
-    assert torch.equal(off, backgrounds)
-
-
-def test_skin_shapes_off_draw_no_numbers():
-    images, _ = synthetic_signs_photo(8)
-    off, before = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    composite_backgrounds(images, AugmentConfig(background_probability=0.5, skin_probability=0.0), off)
-    composite_backgrounds(images, AugmentConfig(background_probability=0.5), before)
-    assert torch.equal(off.get_state(), before.get_state())
 
 
 def test_procedural_backgrounds_are_in_range_and_varied():

@@ -96,9 +96,18 @@ def test_resume_refuses_a_corrupt_checkpoint_naming_it(signs_slice, tmp_path):
 
 def test_a_checkpoint_from_before_a_new_setting_resumes_and_a_changed_setting_is_refused(tmp_path):
     saved = dataclasses.asdict(TrainConfig())
-    del saved["camera_probability"]  # written before the field existed
+    del saved["thumbless_probability"]  # written before the field existed: it had its default then
     _check_resumable(saved, TrainConfig(), tmp_path)
-    with pytest.raises(ValueError, match=r"different settings \(camera_probability\)"):
-        _check_resumable(saved, TrainConfig(camera_probability=0.5), tmp_path)
+    with pytest.raises(ValueError, match=r"different settings \(thumbless_probability\)"):
+        _check_resumable(saved, TrainConfig(thumbless_probability=0.5), tmp_path)
     with pytest.raises(ValueError, match=r"different settings \(seed\)"):
         _check_resumable(saved, TrainConfig(seed=1), tmp_path)
+
+
+def test_a_checkpoint_with_a_retired_setting_resumes_only_where_that_setting_was_off(tmp_path):
+    """Settings retired since (they were measured not to pay) were off by default: a checkpoint written with one
+    off resumes; one written with it on is refused, naming it, rather than resumed as if it had been off."""
+    saved = dataclasses.asdict(TrainConfig()) | {"skin_probability": 0.0, "cut_out_probability": 0.0}
+    _check_resumable(saved, TrainConfig(), tmp_path)
+    with pytest.raises(ValueError, match=r"settings this version no longer has \(skin_probability=0.6\)"):
+        _check_resumable(saved | {"skin_probability": 0.6}, TrainConfig(), tmp_path)

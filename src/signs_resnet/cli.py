@@ -217,23 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of each batch whose hands are composited onto procedural backgrounds "
                             "(docs/robustness.md) (default: %(default)g)")
     train.add_argument("--background-schedule", choices=BACKGROUND_SCHEDULES, default=defaults.background_schedule,
-                       help="constant: that share (and the cut-out share) all through; linear: falling to 0 by "
-                            "the last step "
+                       help="constant: that share all through; linear: falling to 0 by the last step "
                             "(default: %(default)s)")
-    train.add_argument("--cut-out-probability", type=float, default=defaults.cut_out_probability,
-                       help="share of each batch swapped for the photos' hands found and cut out as predictions "
-                            "read them, falling like the backgrounds; an augmentation, so not with --no-augment "
-                            "(docs/robustness.md) (default: %(default)g)")
     train.add_argument("--thumbless-probability", type=float, default=defaults.thumbless_probability,
                        help="share of the 4s in each batch swapped for a 5 with the thumb painted out; an "
                             "augmentation, so not with --no-augment (docs/robustness.md) "
                             "(default: %(default)g)")
-    train.add_argument("--skin-probability", type=float, default=defaults.skin_probability,
-                       help="share of those composited photos given skin-coloured shapes (a face, an arm) behind "
-                            "the hand (docs/robustness.md) (default: %(default)g)")
-    train.add_argument("--camera-probability", type=float, default=defaults.camera_probability,
-                       help="share of each batch made to look as if taken by a webcam: less resolution, blur, noise "
-                            "(docs/robustness.md) (default: %(default)g)")
     train.add_argument("--no-augment", dest="augment", action="store_false",
                        help="train on the photos as they are (default: augmented)")
     train.add_argument("--hold-out-validation", action="store_true",

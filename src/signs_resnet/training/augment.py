@@ -6,10 +6,9 @@ colours are jittered (lighting, white balance, skin tone), all on the whole batc
 Optionally (`background_probability`; the default training recipe sets it, training.config.TrainConfig), a share of
 each batch first has its plain background replaced:
 the hand and arm are cut out by their colour distance from the photo's own border colour (a soft mask)
-and composited onto a procedural background (colour fields, gradients, stripes, rectangles, noise), which
-can hold skin-coloured shapes like the faces and arms beside a hand in a real photo (`skin_probability`).
-Optionally (`camera_probability`), a share of each batch is last made to look like a webcam's: less
-resolution, blur, noise.
+and composited onto a procedural background (colour fields, gradients, stripes, rectangles, noise).
+Optionally (`camera_probability`: off in the recipe, kept to simulate webcam photos from SIGNS ones), a
+share of each batch is last made to look like a webcam's: less resolution, blur, noise.
 """
 
 from __future__ import annotations
@@ -40,9 +39,6 @@ class AugmentConfig:
     # training recipe sets it per step (training.train.scheduled).
     background_probability: float = 0.0
     background_blur_probability: float = 0.3  # of those, how many backgrounds are also blurred
-    # Of those, the share that gets each of two skin-coloured shapes (a face, an arm) behind the hand (skin_shapes);
-    # 0: off, and no random numbers drawn.
-    skin_probability: float = 0.0
     # The share of images made to look as if taken by a webcam (random_camera): resolution lost, blurred, noisy; 0: off,
     # and no random numbers drawn.
     camera_probability: float = 0.0
@@ -96,9 +92,9 @@ def random_colour(images: torch.Tensor, config: AugmentConfig, generator: torch.
 
 # A webcam photo of a hand is cut from a larger, softer frame than SIGNS' sharp 64x64 photos: each chosen
 # image is shrunk to a side of CAMERA_MIN_SIDE..64 pixels (in steps of 4) and brought back, blurred with a
-# Gaussian of sigma up to CAMERA_MAX_BLUR pixels and given sensor noise of up to CAMERA_MAX_NOISE. Screened
-# on the real sets: within run-to-run noise, so off by default (docs/robustness.md, "Fourth session: camera
-# look, cutout, mixup, mirror averaging, no-hand photos, perspective, JPEG").
+# Gaussian of sigma up to CAMERA_MAX_BLUR pixels and given sensor noise of up to CAMERA_MAX_NOISE. As a training
+# augmentation it was within run-to-run noise on the real sets, so the recipe leaves it off (docs/robustness.md,
+# "Levers measured").
 CAMERA_MIN_SIDE, CAMERA_MAX_BLUR, CAMERA_MAX_NOISE = 20, 1.2, 0.04
 
 
@@ -256,53 +252,6 @@ def procedural_backgrounds(n: int, height: int, width: int, generator: torch.Gen
     return _build(_background_parameters(n, generator), torch.arange(n), height, width)
 
 
-# Skin-coloured shapes behind the hand: in a real photo the hand is seen beside a face, an arm, another hand,
-# where SIGNS shows an empty wall. Each is an ellipse (half-axes SKIN_WIDTH by SKIN_LENGTH of the half-side)
-# or, as often, a bar as long as the photo (an arm), centred anywhere within SKIN_REACH of the centre, at any
-# angle, in the hand's own colour times SKIN_TONE give or take SKIN_TINT per channel, darker to its edges by up
-# to SKIN_SHADING (docs/robustness.md, "Fifth session: skin-coloured shapes behind the hand").
-SKIN_WIDTH, SKIN_LENGTH, SKIN_REACH = (0.15, 0.5), (0.2, 0.8), 1.2
-SKIN_TONE, SKIN_TINT, SKIN_SHADING, SKIN_EDGE = (0.6, 1.2), 0.05, 0.4, 0.08
-SKIN_SHAPES = 2
-
-
-def _skin_parameters(n: int, generator: torch.Generator, probability: float) -> list[dict[str, torch.Tensor]]:
-    """Every random number of n photos' skin shapes, drawn in a fixed order whichever photos are then used."""
-    shapes = []
-    for _ in range(SKIN_SHAPES):
-        shapes.append({"on": torch.rand(n, generator=generator) < probability,
-                       "centre": (torch.rand(n, 2, generator=generator) * 2 - 1) * SKIN_REACH,
-                       "angle": torch.rand(n, generator=generator) * math.pi,
-                       "width": _uniform(n, *SKIN_WIDTH, generator), "length": _uniform(n, *SKIN_LENGTH, generator),
-                       "arm": torch.rand(n, generator=generator) < 0.5,
-                       "tone": _uniform(n, *SKIN_TONE, generator),
-                       "tint": (torch.rand(n, 3, generator=generator) * 2 - 1) * SKIN_TINT,
-                       "shading": torch.rand(n, generator=generator) * SKIN_SHADING})
-    return shapes
-
-
-def skin_shapes(backgrounds: torch.Tensor, photos: torch.Tensor, mask: torch.Tensor,
-                shapes: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """The backgrounds with the shapes that are on painted in, each in its photo's hand colour (the photo's mean
-    under its mask); one row of `shapes` per background."""
-    n, _, height, width = backgrounds.shape
-    hand = (photos * mask).sum((2, 3)) / mask.sum((2, 3)).clamp(min=1)
-    y = torch.linspace(-1, 1, height, device=backgrounds.device).view(1, height, 1)
-    x = torch.linspace(-1, 1, width, device=backgrounds.device).view(1, 1, width)
-    for shape in shapes:
-        p = {k: v.to(backgrounds.device) for k, v in shape.items()}
-        cos, sin = torch.cos(p["angle"]).view(n, 1, 1), torch.sin(p["angle"]).view(n, 1, 1)
-        dx, dy = x - p["centre"][:, 0].view(n, 1, 1), y - p["centre"][:, 1].view(n, 1, 1)
-        along, across = dx * cos + dy * sin, dy * cos - dx * sin
-        length = torch.where(p["arm"], 3.0, p["length"]).view(n, 1, 1)
-        across = across / p["width"].view(n, 1, 1)
-        inside = torch.sigmoid((1 - (along / length) ** 2 - across ** 2) / SKIN_EDGE) * p["on"].view(n, 1, 1)
-        colour = (hand * p["tone"][:, None] + p["tint"]).clamp(0, 1).view(n, 3, 1, 1)
-        fill = colour * (1 - p["shading"].view(n, 1, 1, 1) * across.abs().clamp(max=1)[:, None])
-        backgrounds = torch.lerp(backgrounds, fill.to(backgrounds), inside[:, None].to(backgrounds))
-    return backgrounds
-
-
 def composite_backgrounds(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """A `background_probability` share of the batch with each photo's background swapped for a procedural one.
 
@@ -312,14 +261,11 @@ def composite_backgrounds(images: torch.Tensor, config: AugmentConfig, generator
     chosen = torch.nonzero(torch.rand(n, generator=generator) < config.background_probability).flatten()
     parameters = _background_parameters(n, generator)
     blur = torch.rand(n, generator=generator) < config.background_blur_probability
-    skin = _skin_parameters(n, generator, config.skin_probability) if config.skin_probability > 0 else []
     if len(chosen) == 0:
         return images
     backgrounds = _build(parameters, chosen, height, width).to(images)
     photos = images[chosen.to(images.device)]
     mask = hand_mask(photos)
-    if skin:
-        backgrounds = skin_shapes(backgrounds, photos, mask, [{k: v[chosen] for k, v in s.items()} for s in skin])
     blurred = torch.nonzero(blur[chosen]).flatten().to(images.device)
     backgrounds[blurred] = F.avg_pool2d(backgrounds[blurred], 5, 1, 2, count_include_pad=False)
     out = images.clone()

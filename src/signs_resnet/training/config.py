@@ -38,21 +38,10 @@ class TrainConfig:
     # from 0.6 it keeps both (docs/robustness.md, "The default: backgrounds, falling to none").
     background_probability: float = 0.6
     background_schedule: str = "linear"
-    # The share of training images swapped for themselves as `signs predict` reads a photo of them: enlarged 4x,
-    # the hand found and cut out onto SIGNS' background (synthetic.cut_out_photos); it falls with background_schedule.
-    # It teaches the network the shapes the cut-out draws (enlarged SIGNS "0"s read right again) but cost SIGNS'
-    # own photos at every share tried, so off (docs/robustness.md, "Training on the cut-outs"). 0: off.
-    cut_out_probability: float = 0.0
     # The share of the 4s in each batch swapped for a 5 with the thumb painted out (synthetic.thumbless_photos),
     # constant through training: people show a 4 with the thumb folded out of sight, SIGNS shows it across the
     # palm, and the network read real 4s as 5s (docs/robustness.md, "A 5 without its thumb"). 0: off.
     thumbless_probability: float = 0.1
-    # Of the composited images, the share that gets each of two skin-coloured shapes (a face, an arm) behind the
-    # hand (augment.skin_shapes); 0: off. Within run-to-run noise on the real photos, and at 0.6 it cost SIGNS test
-    # photos, so off (docs/robustness.md, "Fifth session: skin-coloured shapes behind the hand").
-    skin_probability: float = 0.0
-    # The share of training images made to look as if taken by a webcam (augment.random_camera); 0: off.
-    camera_probability: float = 0.0
     seed: int = 0
     hold_out_validation: bool = False
     # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch):
@@ -76,10 +65,7 @@ def check_config(config: TrainConfig) -> None:
               ("temperature", config.temperature > 0, "above 0"),
               ("confidence_threshold", 0 <= config.confidence_threshold <= 1, "in [0, 1]"),
               ("background_probability", 0 <= config.background_probability <= 1, "in [0, 1]"),
-              ("cut_out_probability", 0 <= config.cut_out_probability <= 1, "in [0, 1]"),
               ("thumbless_probability", 0 <= config.thumbless_probability <= 1, "in [0, 1]"),
-              ("skin_probability", 0 <= config.skin_probability <= 1, "in [0, 1]"),
-              ("camera_probability", 0 <= config.camera_probability <= 1, "in [0, 1]"),
               ("checkpoint_every_s", config.checkpoint_every_s >= 0, "at least 0")]
     for name, within, wanted in ranges:  # written so that NaN fails every comparison
         if not within:

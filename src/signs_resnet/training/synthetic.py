@@ -74,13 +74,6 @@ def thumbless_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tenso
     return painted.round().clamp(0, 255).to(torch.uint8), found
 
 
-def swap_in_cut_outs(x: torch.Tensor, cut_outs: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
-    """A float batch with a random `share` of its photos swapped for their cut-outs (uint8, aligned with it;
-    synthetic.cut_out_photos)."""
-    swapped = (torch.rand(len(x), generator=generator) < share).to(x.device)
-    return torch.where(swapped[:, None, None, None], to_input(cut_outs), x)
-
-
 @dataclass(frozen=True)
 class Thumbless:
     """The training set's 5s with the thumb painted out (synthetic.thumbless_photos, those whose hand was found),

@@ -28,7 +28,7 @@ from signs_resnet.data.preprocess import to_input
 from signs_resnet.extras import MissingExtra
 from signs_resnet.model import ResNet50, training_layout
 from signs_resnet.model_file import save_model
-from signs_resnet.training import distributed, synthetic
+from signs_resnet.training import distributed
 from signs_resnet.training.augment import AugmentConfig, augment
 from signs_resnet.training.config import (
     CHECKPOINT_FILE,
@@ -39,7 +39,7 @@ from signs_resnet.training.config import (
     check_config,
 )
 from signs_resnet.training.evaluate import evaluate, fit_temperature, logits_of, plot_confusion, plot_curves
-from signs_resnet.training.synthetic import Thumbless, swap_in_cut_outs
+from signs_resnet.training.synthetic import Thumbless
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def learning_rate_at(step: int, total_steps: int, config: TrainConfig, steps_per
 
 
 def scheduled(probability: float, step: int, total_steps: int, config: TrainConfig) -> float:
-    """A share of this step's batch (composited onto backgrounds, or cut out) under config.background_schedule
+    """The share of this step's batch composited onto backgrounds under config.background_schedule
     (checked by check_config)."""
     if config.background_schedule == "linear":
         return probability * (1 - step / total_steps)
@@ -95,12 +95,10 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
                     first_step: int, total_steps: int, device: torch.device,
                     context: distributed.Context = distributed.Context(),
                     augment_generator: torch.Generator | None = None,
-                    cut_outs: torch.Tensor | None = None,
                     thumbless: Thumbless | None = None) -> dict[str, float]:
     """One pass over this process's shard; `generator` shuffles (the same on every process),
-    `augment_generator` (default: `generator`) draws the augmentations, `cut_outs` (synthetic.cut_out_photos, aligned
-    with `images`) are swapped in at config.cut_out_probability, and `thumbless` 5s for 4s at
-    config.thumbless_probability. Returns metrics over all processes."""
+    `augment_generator` (default: `generator`) draws the augmentations, and `thumbless` 5s are swapped in for
+    4s at config.thumbless_probability. Returns metrics over all processes."""
     model.train()
     batch_size = distributed.local_batch_size(config.batch_size, context)
     steps = steps_per_epoch(len(labels), config, context)
@@ -111,17 +109,12 @@ def train_one_epoch(model, optimizer, images, labels, config: TrainConfig, gener
     for i in batches:
         index = order[i * batch_size:(i + 1) * batch_size]
         x, y = to_input(images[index]), labels[index]
-        if cut_outs is not None:
-            x = swap_in_cut_outs(x, cut_outs[index], scheduled(config.cut_out_probability, first_step + i,
-                                                              total_steps, config), augment_generator or generator)
         if thumbless is not None:
             x = thumbless.swap_in(x, y, config.thumbless_probability, augment_generator or generator)
         if config.augment:
             x = augment(x, augment_generator or generator,
                         AugmentConfig(background_probability=scheduled(config.background_probability,
-                                                                       first_step + i, total_steps, config),
-                                      skin_probability=config.skin_probability,
-                                      camera_probability=config.camera_probability))
+                                                                       first_step + i, total_steps, config)))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(first_step + i, total_steps, config, steps)
         with autocast(device, config.precision):
@@ -228,14 +221,6 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
         first_epoch, history = resumed["epoch"], resumed["history"]
     network = distributed.wrap(model, device, context)
     images, labels = train_set.images.to(device), train_set.labels.to(device)
-    cut_outs = None
-    if config.augment and config.cut_out_probability > 0:
-        cut_started = time.perf_counter()
-        cut_outs, found = synthetic.cut_out_photos(train_set.images)
-        cut_outs = cut_outs.to(device)
-        if context.is_main:
-            log.info("hands cut out of %d of %d training photos in %.1f s", found, len(cut_outs),
-                     time.perf_counter() - cut_started)
     thumbless = None
     if config.augment and config.thumbless_probability > 0:
         thumbless_started = time.perf_counter()
@@ -264,7 +249,7 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
             metrics = train_one_epoch(network, optimizer, images, labels, config, generator,
                                       epoch * steps, config.epochs * steps, device, context,
                                       distributed.augmentation_generator(generator, config.seed, epoch, context),
-                                      cut_outs, thumbless)
+                                      thumbless)
             if not context.is_main:
                 continue
             row = {"epoch": epoch + 1, "train_loss": metrics["loss"], "train_accuracy": metrics["accuracy"]}
@@ -370,3 +355,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
     if different:
         raise ValueError(f"{path}: was written with different settings ({', '.join(different)}); "
                          "resume with the same options or use another --out")
+    # A setting retired since then is no difference while it was off (0), as every retired one is by default.
+    retired = [f"{k}={v}" for k, v in saved.items() if k not in defaults and v not in (0, 0.0, False, None)]
+    if retired:
+        raise ValueError(f"{path}: was written with settings this version no longer has ({', '.join(retired)}); "
+                         "resume it with the version that wrote it, or use another --out")
