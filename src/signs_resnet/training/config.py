@@ -15,38 +15,32 @@ BACKGROUND_SCHEDULES = ("constant", "linear")
 class TrainConfig:
     data: str | None = None
     out: str = "runs/default"
-    # 72: the thumbless 5s below cost SIGNS test photos at 60 epochs and not at 72 (docs/robustness.md, "A 5
-    # without its thumb"), within the issue's 1.25x of the 60-epoch training time.
+    # 72, not 60: the thumbless 5s cost SIGNS test photos at 60 (docs/robustness.md, "A 5 without its thumb").
     epochs: int = 72
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    # Softmax temperature stored with the model: label smoothing leaves it under-confident. Fitted on val_signs
-    # in this recipe's hold-out run (docs/accuracy.md, "Calibration"); refitted whenever a validation split is held out.
+    # Label smoothing leaves the softmax under-confident: fitted on val_signs in the recipe's hold-out run, and
+    # whenever a validation split is held out (docs/accuracy.md, "Calibration").
     temperature: float = 0.65
-    # An answer is "confident" only when its top probability (at the temperature above) is at least this (and its
-    # hand, where looked for, was found and shows its count: answer.is_confident). Fixed on SIGNS
-    # data only, in the same hold-out run: where the answers on shifted val_signs photos are 95% right
-    # (docs/accuracy.md, "Confidence").
+    # The top probability a confident answer needs (answer.is_confident), fixed on shifted val_signs photos in
+    # the same hold-out run (docs/accuracy.md, "Confidence").
     confidence_threshold: float = 0.757
     augment: bool = True
-    # The share of training images composited onto procedural backgrounds (augment.py); 0: off. "linear": the
-    # share falls from it to 0 over training, so the last epochs see SIGNS photos as they are; "constant": it
-    # stays. Composited all through, the model read real photos as well but lost SIGNS test photos; falling
-    # from 0.6 it keeps both (docs/robustness.md, "The default: backgrounds, falling to none").
+    # The share of each batch composited onto procedural backgrounds (augment.py), falling to none by the last
+    # step ("linear") so that SIGNS' own photos are not lost (docs/robustness.md, "The default: backgrounds,
+    # falling to none").
     background_probability: float = 0.6
     background_schedule: str = "linear"
-    # The share of the 4s in each batch swapped for a 5 with the thumb painted out (synthetic.thumbless_photos),
-    # constant through training: people show a 4 with the thumb folded out of sight, SIGNS shows it across the
-    # palm, and the network read real 4s as 5s (docs/robustness.md, "A 5 without its thumb"). 0: off.
+    # The share of the 4s in each batch swapped for a 5 with its thumb painted out (synthetic.thumbless_photos): a
+    # 4 as people show it, thumb folded away (docs/robustness.md, "A 5 without its thumb").
     thumbless_probability: float = 0.1
     seed: int = 0
     hold_out_validation: bool = False
-    # A checkpoint after the first epoch that ends this long after the previous one (0: after every epoch):
-    # each stalls training while its 280 MB are encoded, too often for short epochs (docs/performance.md,
-    # "What paid, and what did not").
+    # Seconds between checkpoints, at epoch ends (0: every epoch): each stalls training while it is encoded
+    # (docs/performance.md, "What paid, and what did not").
     checkpoint_every_s: float = 30.0
     # "bf16" (autocast), "fp32", or "auto": bf16 where the hardware computes it natively, else fp32 (resolve_precision)
     precision: str = "auto"
