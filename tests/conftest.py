@@ -101,6 +101,29 @@ def make_model_file(path: Path) -> Path:
     return path
 
 
+def make_uniform_model_file(path: Path, confidence_threshold: float = 0.5) -> Path:
+    """A model file whose network gives every class the same probability, so that its answer is the hand's count
+    alone (answer.posterior): "5" for sample.jpg only when its hand was found showing five fingers (about 0.83
+    then, over the threshold), "0" (the first class, not confident) when no hand was found."""
+    from signs_resnet.data import preprocess
+    from signs_resnet.model import ResNet50
+    from signs_resnet.model_file import save_model
+
+    network = ResNet50((64, 64, 3), 6)
+    with torch.no_grad():
+        network.fc.weight.zero_()
+        network.fc.bias.zero_()
+    save_model(path, network, {"classes": [str(c) for c in range(6)], "input_shape": [64, 64, 3],
+                               "preprocessing": preprocess.PREPROCESSING, "training": {"note": "uniform test model"},
+                               "confidence_threshold": confidence_threshold})
+    return path
+
+
+@pytest.fixture(scope="session")
+def uniform_model_file(tmp_path_factory) -> Path:
+    return make_uniform_model_file(tmp_path_factory.mktemp("uniform") / "model.safetensors")
+
+
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory) -> Path:
     """SIGNS_TEST_MODEL when set (e.g. a trained runs/default/model.safetensors), else an untrained model."""

@@ -18,8 +18,8 @@ from conftest import ROOT, SHARED
 from PIL import Image
 
 from signs_resnet import answer
-from signs_resnet.data import preprocess
-from signs_resnet.hands import detector, geometry, model_files
+from signs_resnet.data import datasets, preprocess
+from signs_resnet.hands import detector, geometry, model_files, reading
 from signs_resnet.training import synthetic
 from signs_resnet.training.augment import hand_mask, procedural_backgrounds
 
@@ -441,3 +441,28 @@ def test_the_count_likelihood_is_counted_per_class_with_one_added_to_every_cell(
     assert table["4"] == tuple(round(v / 9, 3) for v in (1, 1, 1, 1, 3, 2))
     assert table["5"] == tuple(round(v / 7, 3) for v in (1, 1, 1, 2, 1, 1))
     assert table["0"] == (round(1 / 6, 3),) * 6
+
+
+def test_the_count_likelihood_names_the_thresholds_and_hand_models_it_was_counted_with():
+    """COUNT_LIKELIHOOD holds for one set of thresholds and hand models: changing either without refitting the
+    table (and COUNT_FITTED_WITH) fails here."""
+    assert reading.COUNT_FITTED_WITH == {"FINGER_OUT": reading.FINGER_OUT, "THUMB_OUT": reading.THUMB_OUT,
+                                         **model_files.SHA256}
+
+
+@pytest.mark.slow  # the hand finder on 1080 photos
+def test_the_count_likelihood_is_what_the_shipped_thresholds_and_models_count_on_signs(signs_dir):
+    """benchmarks/finger_count.py's table, counted again now on the 1080 SIGNS training photos, is the table the
+    package holds, cell for cell within two photos a class (OpenVINO may place a landmark a hair apart on
+    another CPU)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import finger_count
+
+    splits = datasets.load_splits(signs_dir, hold_out_validation=False)
+    points, counts = finger_count.landmarks(splits.train)
+    shown = np.array([geometry.Hand(p, 1.0).fingers() for p in points])
+    told = np.array([s is not None for s in shown])
+    table = finger_count.likelihood(shown[told].astype(int), counts[told])
+    assert len(points) > 800 and sorted(table) == sorted(reading.COUNT_LIKELIHOOD)  # 889 of 1080 hands found
+    for name, shares in table.items():
+        assert shares == pytest.approx(reading.COUNT_LIKELIHOOD[name], abs=0.011), name

@@ -11,30 +11,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # a fresh venv: a minute of pip
 
 
-def uniform_model(path):
-    """A model file whose network gives every class the same probability, so that the answer is the hand's
-    count alone (answer.posterior): "5" for sample.jpg only when the installed package found its hand and
-    counted five fingers; "0" (the first class) when it found none."""
-    from signs_resnet.data import preprocess
-    from signs_resnet.model import ResNet50
-    from signs_resnet.model_file import save_model
-
-    network = ResNet50((64, 64, 3), 6)
-    with torch.no_grad():
-        network.fc.weight.zero_()
-        network.fc.bias.zero_()
-    save_model(path, network, {"classes": [str(c) for c in range(6)], "input_shape": [64, 64, 3],
-                               "preprocessing": preprocess.PREPROCESSING, "training": {"note": "uniform"}})
-    return path
-
-
-def test_a_plain_install_fetches_the_hand_models_and_answers_the_sample(tmp_path, sample_jpg):
+def test_a_plain_install_fetches_the_hand_models_and_answers_the_sample(tmp_path, sample_jpg, uniform_model_file):
     source = tmp_path / "source"
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns(
         "*.tflite", "__pycache__", "*.egg-info"))
@@ -58,7 +40,7 @@ def test_a_plain_install_fetches_the_hand_models_and_answers_the_sample(tmp_path
     assert lean.stdout.strip() == "['signs_resnet']", lean.stdout + lean.stderr  # the extras stay out
     signs = str(venv / "bin" / "signs")
 
-    model = uniform_model(tmp_path / "model.safetensors")
+    model = uniform_model_file  # its answer is the hand's count alone: 5 only when the hand models work
     before = run(signs, "predict", "--model", str(model), str(sample_jpg))
     assert before.returncode == 2 and "run `signs fetch-hand-models`" in before.stderr, before.stderr
 
