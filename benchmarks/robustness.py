@@ -11,7 +11,8 @@ For a model file, or for the default recipe (`signs train`, with any TrainConfig
 trained once per seed, it measures on
   test_signs.h5      the official SIGNS test split
   val_signs          when the model was trained with --hold-out-validation (its metadata says)
-  real/hands_crops   webcam photos of hands by other people, each hand cut out (classes 1, 2, 4, 5)
+  real/hands_crops   webcam photos of hands by other people, each hand cut out (all six classes; its 0s are
+                     fists and its 3s middle, ring and little finger: ../shared/data/README.md)
   real/hands_frames  the whole webcam frames those hands are in
   test_signs.h5 x4   the test split enlarged 4x, as a camera at a higher resolution would give them, so the
                      hand finder frames them and counts their fingers: SIGNS photos through the user's path
@@ -28,14 +29,15 @@ recipe's threshold is fixed, from SIGNS data alone (`confident_threshold`), is p
 the val_signs photos, each composited onto procedural backgrounds and augmented like training photos (a
 seeded shift away from SIGNS' look, built from SIGNS only), are answered, and the threshold is the lowest
 probability above which those answers are >= 95% right (for a model trained on all 1080 photos those are
-training photos, so it is not printed). real/ is only measured here: nothing is fitted to it.
+training photos, so it is not printed). real/ is only measured here: nothing is fitted to it; it is the set
+recipes are chosen with, not a clean test (docs/robustness.md, "What real/ chose").
 
 --out DIR writes results.json, and for each model grids of real photos with its answers (right in green,
 wrong in red, the hand's square in yellow): DIR/<model>/<set>.png (a sample), DIR/<model>/<set>_read.png (the
 same photos as the network read them: the hand cut out) and DIR/<model>/<set>_errors.png.
 --framing F ... measures each --model at each framing of the hand (a square F times the hand's landmarks).
 --augmented-grid FILE draws training photos as they are (first row) and three draws of the default
-recipe's augmentation at its first step (its largest cut-out and background shares), seeded.
+recipe's augmentation at its first step (its largest background share), seeded.
 --thumbless-grid FILE draws training 5s (first row) and the same with the thumb painted out, as the recipe
 swaps them in for 4s (synthetic.thumbless_photos).
 """

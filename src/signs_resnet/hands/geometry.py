@@ -11,8 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from signs_resnet.hands.reading import FINGER_OUT, THUMB_OUT, finger_ratios
 
 # The square the classifier reads: this many times the long side of the hand's points, around their centre.
-# Chosen with the hold-out model on val_signs photos and measured on the real sets (docs/robustness.md,
-# "Finding the hand").
+# Picked on real/'s webcam frames, the selection set (docs/robustness.md, "What real/ chose").
 FRAMING = 1.5
 # The hand's bones, as pairs of MediaPipe's landmarks (the wrist is 0; each finger four points from its
 # knuckle, the thumb 1-4 ... the little finger 17-20), and the palm's outline.
