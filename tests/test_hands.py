@@ -370,9 +370,17 @@ def test_a_big_rotated_phone_photo_is_cut_where_its_hand_is(tmp_path):
     assert iou(framing.crop, [4 * v for v in small.crop]) >= 0.8, (framing.crop, small.crop)
 
 
-def test_a_long_thin_photo_is_answered_without_a_huge_canvas():
-    _, framing = preprocess.prepare(Image.new("RGB", (40_000, 70), (200, 170, 140)))
+def test_a_long_thin_photo_is_answered_without_a_huge_canvas(monkeypatch):
+    """A 40000x70 photo (within the pixel limit) is padded to a square at a few hundred pixels, not at
+    40000x40000 (4.8 GB, seconds of work for one request)."""
+    from PIL import ImageOps
+
+    canvases, pad = [], ImageOps.pad
+    monkeypatch.setattr(ImageOps, "pad", lambda image, size, **kw: canvases.append(size) or pad(image, size, **kw))
+    image, framing = preprocess.prepare(Image.new("RGB", (40_000, 70), (200, 170, 140)))
     assert framing.searched and not framing.hand_found
+    assert canvases and max(max(size) for size in canvases) <= 8 * 64
+    assert torch.allclose(image, torch.tensor([200, 170, 140]).view(3, 1, 1) / 255, atol=1 / 255)
 
 
 def test_threads_find_the_same_hands(sample_jpg):

@@ -39,7 +39,13 @@ def _border_colour(image: Image.Image) -> tuple[int, ...]:
     return tuple(int(c) for c in np.median(border, axis=0))
 
 
-def _pad_to_square(image: Image.Image) -> Image.Image:
+def _pad_to_square(image: Image.Image, size: int) -> Image.Image:
+    """The photo padded to a square with its border's median colour; a photo many times larger than `size`
+    reduced by a whole factor first (to 4-8 times `size`, plenty for the resize to `size`), so that a long
+    thin photo never builds a huge square canvas (40000x70 pixels would be 40000x40000)."""
+    factor = max(image.size) // (4 * size)
+    if factor >= 2:
+        image = image.reduce(factor)
     width, height = image.size
     if width == height:
         return image
@@ -117,7 +123,7 @@ def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE
         image, framing = frame_hand(image, size)
         if framing.crop is not None and reduction != 1:
             framing = replace(framing, crop=tuple(round(v * reduction) for v in framing.crop))
-        image = _pad_to_square(image)
+        image = _pad_to_square(image, size)
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)
         return np.array(image, dtype=np.uint8), framing
