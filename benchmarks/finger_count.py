@@ -27,7 +27,9 @@ table as hands/reading.py holds it, and says whether its is the same.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +45,16 @@ HELD_OUT = {1: (0, 1, 0, 0, 0), 2: (0, 1, 1, 0, 0), 3: (1, 1, 1, 0, 0), 4: (0, 1
 
 
 def landmarks(dataset: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The hands found in the enlarged photos (K x 21 x 2) and their class names' counts (K)."""
-    points, counts = [], []
-    for image, label in zip(dataset.images, dataset.labels.tolist()):
+    """The hands found in the enlarged photos (K x 21 x 2) and their class names' counts (K); the finder's
+    threads share the photos (the same hands as one thread finds)."""
+    def find(image):
         photo = Image.fromarray(image.permute(1, 2, 0).numpy())
-        hand = detector.find_hand(photo.resize((photo.width * FACTOR, photo.height * FACTOR), Image.Resampling.BICUBIC))
-        if hand is not None:
-            points.append(hand.points)
-            counts.append(int(dataset.classes[label]))
-    return np.stack(points), np.array(counts)
+        return detector.find_hand(photo.resize((photo.width * FACTOR, photo.height * FACTOR), Image.Resampling.BICUBIC))
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        hands = list(pool.map(find, dataset.images))
+    found = [(hand.points, int(dataset.classes[label])) for hand, label in zip(hands, dataset.labels.tolist()) if hand]
+    return np.stack([points for points, _ in found]), np.array([count for _, count in found])
 
 
 def fit(values: np.ndarray, out: np.ndarray) -> tuple[float, float]:

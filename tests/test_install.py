@@ -31,8 +31,8 @@ def test_a_plain_install_fetches_the_hand_models_and_answers_the_sample(tmp_path
         return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path,
                               timeout=timeout, check=False)
 
-    installed = run(str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
-                    str(source), timeout=900)
+    installed = run(str(venv / "bin" / "pip"), "install", "--quiet", "--no-compile", "-c",
+                    str(ROOT / "constraints.txt"), str(source), timeout=900)
     assert installed.returncode == 0, installed.stderr[-3000:]
     python = str(venv / "bin" / "python")
     lean = run(python, "-c", "import importlib.util as u; print([m for m in ('matplotlib', 'onnxruntime', "
@@ -41,9 +41,6 @@ def test_a_plain_install_fetches_the_hand_models_and_answers_the_sample(tmp_path
     signs = str(venv / "bin" / "signs")
 
     model = uniform_model_file  # its answer is the hand's count alone: 5 only when the hand models work
-    before = run(signs, "predict", "--model", str(model), str(sample_jpg))
-    assert before.returncode == 2 and "run `signs fetch-hand-models`" in before.stderr, before.stderr
-
     fetched = run(signs, "fetch-hand-models")
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     assert sorted(os.listdir(tmp_path / "home" / "hand-models")) == ["hand_landmark_full.tflite",
