@@ -22,8 +22,8 @@ take; the network's probabilities come from predict() (PyTorch fp32, the model's
 server's engines match to ~0.04, and are weighed by the hand's count of fingers as every answer's are
 (answer.posterior). The table gives the network's own accuracy and ECE beside the answers'.
 
-Confident answers: the product's rule (answer.is_confident): the hand was found (or not looked for,
-in 64x64 photos), its points show as many fingers as the answer counts, and the top probability reaches the
+Confident answers: the product's rule (answer.is_confident): a hand was found (never in 64x64 photos,
+read as they are), its points show as many fingers as the answer counts, and the top probability reaches the
 model's stored threshold. How a
 recipe's threshold is fixed, from SIGNS data alone (`confident_threshold`), is printed for hold-out runs:
 the val_signs photos, each composited onto procedural backgrounds and augmented like training photos (a

@@ -73,15 +73,15 @@ def test_predict_answers_say_whether_they_are_confident(uniform_model_file, samp
 
 
 def test_an_answer_whose_count_the_hands_points_contradict_is_not_confident(model_file):
-    """The rule (LoadedModel.is_confident): a sure 5 is confident where the hand shows five fingers or was
-    not looked for, and not where it shows four or was looked for and not found."""
+    """The rule (answer.is_confident): a sure 5 is confident where the hand shows five fingers, and not where
+    it shows four, was looked for and not found, or was not looked for (a photo at the input size)."""
     from signs_resnet.data.preprocess import Framing
 
     model = load_model(model_file)
     model.metadata["confidence_threshold"] = 0.9
     sure_five = [0.0, 0.0, 0.0, 0.0, 0.01, 0.99]
     assert answer.is_confident(model, sure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
-    assert answer.is_confident(model, sure_five, Framing())
+    assert not answer.is_confident(model, sure_five, Framing())  # no hand looked for: never confident
     assert not answer.is_confident(model, sure_five, Framing(True, 0.9, (0, 0, 10, 10), 4))
     assert not answer.is_confident(model, sure_five, Framing(True))
     unsure_five = [0.0, 0.0, 0.0, 0.0, 0.5, 0.5 + 1e-3]

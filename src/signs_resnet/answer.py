@@ -3,8 +3,7 @@ path gives (the CLI, /predict, KServe v2, gRPC, and the web page through the API
 
     the network's probabilities x how often SIGNS hands of each class show the hand's count -> posterior
     the most probable class                                                                -> the label
-    a hand found where one was looked for, showing the label's count, the top probability
-    at the model's threshold                                                               -> confident
+    a hand found, showing the label's count, the top probability at the model's threshold  -> confident
 
 The figures behind each part are in docs/accuracy.md ("The hand's count", "Confidence").
 """
@@ -57,9 +56,12 @@ def posterior(model: LoadedModel, probabilities: list[float], framing: Framing) 
 
 
 def is_confident(model: LoadedModel, probabilities: list[float], framing: Framing) -> bool:
-    """The confidence rule, on an answer's probabilities (posterior): a hand was found where one was looked for,
-    its points show as many fingers as the answer counts (shows), and the top class probability reaches the
-    model's threshold."""
+    """The confidence rule, on an answer's probabilities (posterior): a hand was found, its points show as many
+    fingers as the answer counts (shows), and the top class probability reaches the model's threshold. No hand,
+    no confidence: a photo no larger than the network's input (SIGNS' own, say) is read as it is, without a
+    search (the finder would cost some 20 ms a photo, five times the rest of its answer: docs/accuracy.md,
+    "Confidence"), and an image tensor carries no hand, so neither is ever confident; their labels are the
+    network's own."""
     best = max(range(len(probabilities)), key=probabilities.__getitem__)
     return (framing.hand_found and shows(framing, model.classes[best])
             and probabilities[best] >= model.confidence_threshold)

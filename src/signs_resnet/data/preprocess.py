@@ -69,8 +69,9 @@ class Framing:
 
     @property
     def hand_found(self) -> bool:
-        """False only when the hand was looked for and not found: such an answer is never confident."""
-        return not self.searched or self.score is not None
+        """Whether a hand was found: False too where none was looked for (a photo no larger than the input, an
+        image tensor). An answer without a hand is never confident (answer.is_confident)."""
+        return self.score is not None
 
 
 def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], size: int) -> Image.Image:
