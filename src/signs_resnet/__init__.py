@@ -6,5 +6,6 @@ from signs_resnet.inference.forward import predict
 from signs_resnet.model import ResNet50, convolutional_block, identity_block
 from signs_resnet.model_file import load_model
 
-__all__ = ["ResNet50", "decide", "convolutional_block", "identity_block", "load_model", "predict", "prepare", "prepare_image"]
+__all__ = ["ResNet50", "convolutional_block", "decide", "identity_block", "load_model", "predict", "prepare",
+           "prepare_image"]
 __version__ = "0.1.0"

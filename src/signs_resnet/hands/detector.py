@@ -22,6 +22,7 @@ MIN_PALM_SCORE = 0.5
 MIN_PRESENCE = 0.5
 PALM_TO_HAND_SCALE, PALM_TO_HAND_SHIFT = 2.6, 0.5
 NMS_OVERLAP = 0.3
+ROOM = 2.0  # the second search's square, in the photo's long sides
 
 
 def _anchors() -> np.ndarray:
@@ -70,7 +71,9 @@ class HandFinder:
         """The most likely hand in a photo, or None when there is none."""
         image = image if image.mode == "RGB" else image.convert("RGB")
         palm_request, landmark_request = self._requests()
-        palm = self._best_palm(image, palm_request)
+        # A hand that fills the photo leaves the palm detector no room: searched again with the photo at half
+        # the detector's square, the rest black (docs/robustness.md, "Finding the hand").
+        palm = self._best_palm(image, palm_request) or self._best_palm(image, palm_request, room=ROOM)
         if palm is None:
             return None
         centre, side, angle, palm_score = palm
@@ -91,12 +94,14 @@ class HandFinder:
             return None
         return Hand(points.astype(np.float32), presence * palm_score)
 
-    def _best_palm(self, image: Image.Image, request) -> tuple[np.ndarray, float, float, float] | None:
+    def _best_palm(self, image: Image.Image, request,
+                   room: float = 1.0) -> tuple[np.ndarray, float, float, float] | None:
         """The best palm's square for the landmark model: centre (pixels), side, the angle that turns its
-        fingers up, and the palm's score; None when no palm scores MIN_PALM_SCORE."""
+        fingers up, and the palm's score; None when no palm scores MIN_PALM_SCORE. `room`: the detector's
+        square is this many times the photo's long side."""
         # The photo shrunk to fit the detector's square first (an elongated photo never becomes a huge
         # canvas), centred on black as MediaPipe letterboxes it.
-        shrink = PALM_INPUT / max(image.size)
+        shrink = PALM_INPUT / (max(image.size) * room)
         fitted = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
                               Image.Resampling.BILINEAR)
         offset = np.array([(PALM_INPUT - fitted.width) // 2, (PALM_INPUT - fitted.height) // 2], dtype=np.float32)
