@@ -63,10 +63,10 @@ from signs_resnet import (
 from signs_resnet.data import datasets, preprocess
 from signs_resnet.hands import geometry
 from signs_resnet.inference.forward import predict
+from signs_resnet.scores import expected_calibration_error  # noqa: E402
 from signs_resnet.training import synthetic
 from signs_resnet.training.augment import AugmentConfig, augment, composite_backgrounds  # noqa: E402
 from signs_resnet.training.config import TrainConfig  # noqa: E402
-from signs_resnet.training.evaluate import expected_calibration_error  # noqa: E402
 from signs_resnet.training.train import fit  # noqa: E402
 
 REAL_SETS = ("hands_crops", "hands_frames")

@@ -194,3 +194,27 @@ def test_predict_on_a_server_refuses_a_wrong_key_and_an_unreachable_server_in_on
         assert result.returncode == 2 and result.stdout == ""
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("signs predict: error: ") and reason in line, line
+
+
+def test_evaluate_on_a_folder_answers_as_predict_does(uniform_model_file, sample_jpg, signs_jpegs, tmp_path):
+    """`signs evaluate --data FOLDER` scores the answers `signs predict` gives the same photos (the hand found
+    and cut out, the count weighing the network), with the network alone beside. The network here answers every
+    class alike ("0" by itself); sample.jpg's hand counts five fingers, so the product says "5" for it."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    for label, photo in [("5", sample_jpg), ("4", sample_jpg), *((p.name[0], p) for p in signs_jpegs[:3])]:
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, folder / label / f"{label}_{photo.name}")
+    options = ["--model", uniform_model_file, "--engine", "torch-fp32", "--json"]
+    predicted = json.loads(signs("predict", *options, folder).stdout)
+    evaluated = signs("evaluate", *options, "--data", folder)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    truth = [Path(answer["path"]).parent.name for answer in predicted]
+    assert result["n"] == len(predicted) == 5
+    assert result["accuracy"] == pytest.approx(sum(a["label"] == t for a, t in zip(predicted, truth)) / 5) == 2 / 5
+    assert result["network"]["accuracy"] == pytest.approx(truth.count("0") / 5) == 1 / 5  # "0" for every photo
+    assert result["hands_found"] == pytest.approx(2 / 5)  # the two phone photos; 64x64 ones are not searched
+    text = signs("evaluate", "--model", uniform_model_file, "--engine", "torch-fp32", "--data", folder).stdout
+    assert "accuracy 0.4000 on 5 images" in text and "the network alone: accuracy 0.2000" in text

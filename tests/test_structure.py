@@ -17,6 +17,8 @@ WEB_STACK = {"fastapi", "starlette", "uvicorn", "prometheus_client", "multipart"
 # What each part of the package may not import: the layers, lowest first (README, "Module map").
 FORBIDDEN = {
     "artifact": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
+    "scores": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
+    "extras": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
     "model": {"model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
     "hands": {"model_file", "data", "answer", "training", "inference", "serving", "cli"},
     "model_file": {"hands", "data", "answer", "training", "inference", "serving", "cli"},

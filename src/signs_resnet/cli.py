@@ -60,8 +60,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from signs_resnet.training.evaluate import evaluate, plot_confusion, plot_curves
 
     model = _model(args.model)
-    dataset = _test_split(args.data, model.classes)
-    result = evaluate(model.network, dataset, float(model.metadata.get("temperature", 1.0)))
+    folder = datasets.test_folder(args.data)
+    if folder is not None:  # photo files: answered as `signs predict` answers them
+        from signs_resnet.inference.classify import evaluate_folder
+        from signs_resnet.inference.engines import load_engine
+
+        result = evaluate_folder(load_engine(model, args.engine), folder)
+    else:  # an HDF5 split (the official test_signs.h5): the network on its 64x64 photos, as they are
+        result = evaluate(model.network, _test_split(args.data, model.classes),
+                          float(model.metadata.get("temperature", 1.0)))
     pictures = []
     if args.out:  # only where asked: never over the model's own files
         out = Path(args.out)
@@ -76,6 +83,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['source']}: accuracy {result['accuracy']:.4f} on {result['n']} images, "
           f"calibration error {result['ece']:.4f}")
+    if "network" in result:
+        print(f"the network alone: accuracy {result['network']['accuracy']:.4f}, calibration error "
+              f"{result['network']['ece']:.4f}; hand found in {result['hands_found']:.1%}, confident "
+              f"{result['confident']:.1%}" + (f"; {result['unreadable']} unreadable" if result["unreadable"] else ""))
     print("class  accuracy")
     for name, accuracy in result["per_class"].items():
         print(f"{name:>5}  {'-' if accuracy is None else f'{accuracy:.3f}'}")
@@ -239,11 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy, calibration and confusion matrix")
     evaluate.add_argument("--model", default=default_model_path(), help=MODEL_HELP)
-    evaluate.add_argument("--data", help="test data: an HDF5 file or a folder of class subfolders "
-                                         "(default: the official test_signs.h5 under $SIGNS_DATA)")
+    evaluate.add_argument("--data", help="test data: an HDF5 file (the network on its photos as they are), or a "
+                                         "folder of photos in class subfolders, answered as `signs predict` "
+                                         "answers them, the network alone beside (default: the official "
+                                         "test_signs.h5 under $SIGNS_DATA)")
     evaluate.add_argument("--out", metavar="DIR", help="also draw confusion.png (and the training curves, "
                                                        "curves.png) into DIR (default: no pictures)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+    evaluate.add_argument("--engine", choices=ENGINES, default="auto",
+                          help="inference engine for a folder of photos, as `signs predict --engine` "
+                               "(default: %(default)s)")
     evaluate.set_defaults(run=_evaluate)
 
     predict = commands.add_parser("predict", help="classify image files and folders (recursively)")

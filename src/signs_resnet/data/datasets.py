@@ -97,7 +97,8 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(path for path in found if path.is_file())
 
 
-def _labelled_files(folders: list[Path]) -> list[tuple[Path, str]]:
+def labelled_files(folders: list[Path]) -> list[tuple[Path, str]]:
+    """Every image file under `folders` with its label (class subfolder, or file-name prefix)."""
     files = []
     for folder in folders:
         found = image_files(folder)
@@ -113,14 +114,14 @@ def _sorted_classes(labels: set[str]) -> list[str]:
 
 def folder_classes(folders: list[Path]) -> list[str]:
     """The class names found in image folders, numerically sorted when they are numbers."""
-    return _sorted_classes({label for _, label in _labelled_files(folders)})
+    return _sorted_classes({label for _, label in labelled_files(folders)})
 
 
 def load_image_folder(folders: str | Path | list[str | Path], classes: list[str] | None = None,
                       size: int = IMAGE_SIZE) -> Dataset:
     """Images labelled by class subfolder (`3/x.jpg`) or file-name prefix (`3_IMG_5864.jpg`)."""
     folders = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
-    files = _labelled_files(folders)
+    files = labelled_files(folders)
     classes = classes or _sorted_classes({label for _, label in files})
     index = {name: i for i, name in enumerate(classes)}
     for file, label in files:
@@ -152,6 +153,27 @@ def _first_existing(*paths: Path) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
 
+def _layout(path: Path) -> tuple[Path | None, Path, Path, Path | None]:
+    """A folder's SIGNS layout: train_signs.h5 (or None), the train_signs/ and val_signs/ folders (which may
+    not exist), and the test split (test_signs.h5, else test_signs/, else None); the JPEG folders also under
+    64x64_SIGNS/."""
+    jpeg_root = path / "64x64_SIGNS" if (path / "64x64_SIGNS").is_dir() else path
+    return (_first_existing(path / "train_signs.h5"), jpeg_root / "train_signs", jpeg_root / "val_signs",
+            _first_existing(path / "test_signs.h5", jpeg_root / "test_signs"))
+
+
+def test_folder(path: str | Path | None = None) -> Path | None:
+    """The folder of photo files that load_splits(path) reads its test split from; None when that split is an
+    HDF5 file (or there is none)."""
+    path = Path(path) if path else default_data_path()
+    if not path.is_dir():
+        return None
+    train_h5, train_dir, _, test = _layout(path)
+    if not (train_h5 or train_dir.is_dir() or test):
+        return path  # a plain folder of photos: one split, for testing too
+    return test if test is not None and test.is_dir() else None
+
+
 def load_splits(path: str | Path | None = None, hold_out_validation: bool = False,
                 classes: list[str] | None = None) -> Splits:
     """Train/validation/test splits from any supported layout.
@@ -168,10 +190,7 @@ def load_splits(path: str | Path | None = None, hold_out_validation: bool = Fals
     if path.is_file():
         dataset = load_dataset(path, classes)
         return Splits(dataset, None, dataset)
-    jpeg_root = path / "64x64_SIGNS" if (path / "64x64_SIGNS").is_dir() else path
-    train_h5 = _first_existing(path / "train_signs.h5")
-    train_dir, val_dir = jpeg_root / "train_signs", jpeg_root / "val_signs"
-    test = _first_existing(path / "test_signs.h5", jpeg_root / "test_signs")
+    train_h5, train_dir, val_dir, test = _layout(path)
     if not (train_h5 or train_dir.is_dir() or test):
         dataset = load_image_folder(path, classes)
         return Splits(dataset, None, dataset)

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from signs_resnet.answer import decide, hand_json, result_json
-from signs_resnet.data.datasets import image_files
+from signs_resnet.data.datasets import image_files, labelled_files
 from signs_resnet.data.preprocess import Framing, prepare
 from signs_resnet.hands.detector import finder
 from signs_resnet.inference.engines import Engine
+from signs_resnet.scores import scores
 
 
 def find_images(paths: Iterable[str | Path]) -> list[tuple[str, str | None]]:
@@ -41,10 +42,10 @@ def find_images(paths: Iterable[str | Path]) -> list[tuple[str, str | None]]:
 
 
 def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_size: int = 64,
-                   decode_threads: int = 0) -> Iterator[dict[str, Any]]:
+                   decode_threads: int = 0, with_network: bool = False) -> Iterator[dict[str, Any]]:
     """One result per entry of `files` (what find_images found), in that order: {"path", "label",
-    "probability", "confident", "probabilities"} or {"path", "error"}. The next batches decode while the
-    current one runs."""
+    "probability", "confident", "hand", "probabilities"} (and the network's own, "network", with
+    `with_network`) or {"path", "error"}. The next batches decode while the current one runs."""
     image_size = engine.model.image_size
     finder()  # here, so that unusable hand models are one error, not one per file
     batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
@@ -59,10 +60,11 @@ def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_si
             batch = pending.popleft()
             if index + 2 < len(batches):
                 pending.append(submit(batches[index + 2]))
-            yield from _classify_batch(engine, batch)
+            yield from _classify_batch(engine, batch, with_network)
 
 
-def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | None]]) -> Iterator[dict[str, Any]]:
+def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | None]],
+                    with_network: bool = False) -> Iterator[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     images: list[torch.Tensor] = []
     framings: list[Framing] = []
@@ -84,4 +86,32 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
                 row, framing = next(answered)
                 given = decide(engine.model, row, framing)
                 result |= result_json(given.probabilities, engine.model.classes, given.confident, hand_json(framing))
+                if with_network:
+                    result["network"] = row
     yield from results
+
+
+def evaluate_folder(engine: Engine, folder: str | Path, batch_size: int = 64) -> dict[str, Any]:
+    """The product's answers (classify_files: the hand found and cut out, the count weighing the network) on a
+    folder of labelled photos (class subfolders, or file names starting with the class), scored against their
+    labels (scores.scores); beside them the network's own answers ("network") and the share of photos whose
+    hand was found ("hands_found"). Unreadable files are counted in "unreadable", not scored."""
+    classes = engine.model.classes
+    labelled = labelled_files([Path(folder)])
+    unknown = sorted({label for _, label in labelled} - set(classes))
+    if unknown:
+        raise ValueError(f"{folder}: labels {unknown} are not the model's classes {classes}")
+    results = list(classify_files(engine, [(str(path), None) for path, _ in labelled], batch_size,
+                                  with_network=True))
+    read = [(result, classes.index(label)) for result, (_, label) in zip(results, labelled) if "error" not in result]
+    if not read:
+        raise ValueError(f"{folder}: no photo could be read")
+    labels = torch.tensor([label for _, label in read])
+    answers = torch.tensor([[result["probabilities"][name] for name in classes] for result, _ in read])
+    network = torch.tensor([result["network"] for result, _ in read])
+    summary = scores(answers, labels, classes, str(folder))
+    summary["network"] = scores(network, labels, classes, str(folder))
+    summary["hands_found"] = sum(bool(result["hand"] and result["hand"]["found"]) for result, _ in read) / len(read)
+    summary["confident"] = sum(result["confident"] for result, _ in read) / len(read)
+    summary["unreadable"] = len(results) - len(read)
+    return summary

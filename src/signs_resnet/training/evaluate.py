@@ -13,19 +13,7 @@ from signs_resnet import artifact
 from signs_resnet.data.datasets import Dataset
 from signs_resnet.data.preprocess import scale
 from signs_resnet.extras import require
-
-
-def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """Mean gap between confidence and accuracy over equal-width confidence bins, weighted by bin size."""
-    confidence, predicted = probabilities.max(1)
-    correct = (predicted == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    error = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > low) & (confidence <= high)
-        if in_bin.any():
-            error += in_bin.float().mean().item() * abs(confidence[in_bin].mean().item() - correct[in_bin].mean().item())
-    return error
+from signs_resnet.scores import scores
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -57,32 +45,9 @@ def logits_of(network: torch.nn.Module, dataset: Dataset, device: torch.device |
 
 def evaluate(network: torch.nn.Module, dataset: Dataset, temperature: float = 1.0,
              device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Inference-mode metrics of `network` on `dataset`."""
+    """Inference-mode metrics of `network` on `dataset` (scores.scores)."""
     logits = logits_of(network, dataset, device) / temperature
-    labels = dataset.labels
-    probabilities = torch.softmax(logits, 1)
-    predicted = probabilities.argmax(1)
-    num_classes = len(dataset.classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    per_class = {
-        name: (confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None
-        for i, name in enumerate(dataset.classes)
-    }
-    return {
-        "accuracy": (predicted == labels).float().mean().item(),
-        "loss": F.cross_entropy(logits, labels).item(),
-        "ece": expected_calibration_error(probabilities, labels),
-        "n": len(labels),
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-        "classes": dataset.classes,
-        "errors": [
-            {"index": i, "label": dataset.classes[labels[i]], "predicted": dataset.classes[predicted[i]]}
-            for i in torch.nonzero(predicted != labels).flatten().tolist()
-        ],
-        "source": dataset.source,
-    }
+    return scores(torch.softmax(logits, 1), dataset.labels, dataset.classes, dataset.source)
 
 
 def _save_figure(figure, path: Path) -> None:
