@@ -92,7 +92,7 @@ class PhotoSet:
         return self.framings[index] if self.framings else preprocess.Framing()
 
     def hands_found(self) -> torch.Tensor:
-        """Per photo, whether its hand was found, or not looked for (preprocess.Framing)."""
+        """Per photo, whether its hand was found (never in photos read as they are, not looked for)."""
         return torch.tensor([self.framing(i).hand_found for i in range(len(self.labels))])
 
     def posterior(self, model, probabilities: torch.Tensor) -> torch.Tensor:
@@ -291,7 +291,7 @@ def plot_answers(photos: PhotoSet, probabilities: torch.Tensor, classes: list[st
             axis.add_patch(plt.Rectangle((left, top_edge), right_edge - left, bottom - top_edge, fill=False,
                                          edgecolor="yellow", linewidth=1))
         axis.set_title(f"{classes[photos.labels[i]]} -> {classes[predicted[i]]} {top[i]:.0%}"
-                       f"{'' if framing.hand_found else ' no hand'}", fontsize=7, color="green" if right else "red")
+                       f"{' no hand' if framing.searched and not framing.hand_found else ''}", fontsize=7, color="green" if right else "red")
     figure.suptitle(f"{photos.name}{' as the network read them' if as_read else ''}: true -> answer (probability)",
                     fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)

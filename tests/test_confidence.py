@@ -89,7 +89,7 @@ def test_an_answer_whose_count_the_hands_points_contradict_is_not_confident(mode
 
 
 def test_the_hands_count_weighs_the_networks_probabilities(model_file):
-    """LoadedModel.posterior: Bayes' rule with hands.COUNT_LIKELIHOOD. A count tips an unsure answer its way
+    """answer.posterior: Bayes' rule with hands.reading.COUNT_LIKELIHOOD. A count tips an unsure answer its way
     and makes an answer it agrees with surer; it cannot overrule a sure network; no count, or a model whose
     classes are not SIGNS', leaves the network's probabilities as they are."""
     from signs_resnet.data.preprocess import Framing
@@ -116,7 +116,7 @@ def test_the_hands_count_weighs_the_networks_probabilities(model_file):
 
 
 def test_an_answer_is_weighed_once_then_judged(model_file):
-    """LoadedModel.answer, which every path answers through: a 5 at 70% whose hand shows five fingers is
+    """answer.decide, which every path answers through: a 5 at 70% whose hand shows five fingers is
     weighed above the threshold (0.757) and is confident, though the network's own 70% is not; its label and
     probabilities are the weighed ones."""
     from signs_resnet.data.preprocess import Framing
@@ -135,7 +135,7 @@ def test_an_answer_is_weighed_once_then_judged(model_file):
 
 
 def test_the_count_likelihoods_are_distributions_that_favour_each_class_own_count():
-    """hands.COUNT_LIKELIHOOD as benchmarks/finger_count.py fits it: per SIGNS class, a share for each count
+    """hands.reading.COUNT_LIKELIHOOD as benchmarks/finger_count.py fits it: per SIGNS class, a share for each count
     0-5, none zero, summing to 1 (to its 3 decimals); "1" to "5" show their own count most often."""
     from signs_resnet.hands.reading import COUNT_LIKELIHOOD
 
@@ -178,7 +178,7 @@ def test_every_path_answers_with_the_count_weighed_in(model_file, sample_jpg, tm
     shows five fingers: the "4" is weighed down but kept, and not confident. A photo whose hand shows four: the
     "4" is weighed up past the threshold the network's 90% misses, and confident. /predict, the CLI and the
     Open Inference Protocol (where the framing travels from the decoded input to the answer) give exactly
-    LoadedModel.answer's probabilities; FP32 input, framed by the client, has no count, and its answers are
+    answer.decide's probabilities; FP32 input, framed by the client, has no count, and its answers are
     the network's own 90%, not confident."""
     import base64
 

@@ -39,7 +39,7 @@ def predict_rows(client: httpx.Client, *blobs: bytes) -> np.ndarray:
 def prepared(*blobs: bytes) -> tuple[np.ndarray, list[bytes]]:
     """Photos as FP32 input takes them (prepare_image: the hand cut out, 64x64), and the same 64x64 images as
     PNG files, which /predict reads as they are: FP32 input was framed by the client, so no hand is looked for
-    and no count weighs its answer (LoadedModel.posterior), as in /predict for a 64x64 photo."""
+    and no count weighs its answer (answer.posterior), as in /predict for a 64x64 photo."""
     import io
 
     from PIL import Image

@@ -355,6 +355,7 @@ def test_without_hand_models_the_server_starts_serves_tensors_and_refuses_photos
     assert tensor.status_code == 200 and small.status_code == 200 and small.json()["success"]
     assert photo.status_code == 503 and photo.json()["error"]["code"] == "hand_models_missing"
     assert "signs fetch-hand-models" in photo.json()["error"]["message"]
+    assert str(tmp_path) not in photo.text + v2_photo.text  # the server's files stay in its log
     assert v2_photo.status_code == 503 and "signs fetch-hand-models" in v2_photo.json()["error"]
     log = server.log.read_text()
     assert log.count("photos larger than 64x64 are refused until the hand models are there") == 1

@@ -74,7 +74,7 @@ def test_the_benchmark_marks_answers_confident_by_the_products_rule(model_file):
 
 
 def test_the_benchmark_weighs_answers_by_the_count_as_the_product_does(model_file):
-    """PhotoSet.posterior is LoadedModel.posterior, photo by photo: a photo with a count is weighed by it, one
+    """PhotoSet.posterior is answer.posterior, photo by photo: a photo with a count is weighed by it, one
     without (no hand found, or read as it is) keeps the network's probabilities."""
     from signs_resnet import answer, load_model
     from signs_resnet.data.preprocess import Framing

@@ -56,7 +56,7 @@ class LocalModel:
             return self.engine.run(images)
 
     def probabilities_of(self, image_bytes: bytes) -> torch.Tensor:
-        """The answer's probabilities: the engine's, weighed by the hand's count (LoadedModel.posterior)."""
+        """The answer's probabilities: the engine's, weighed by the hand's count (answer.posterior)."""
         image, framing = preprocess.prepare(image_bytes)
         return torch.tensor(answer.posterior(self.fp32, self.probabilities(image.unsqueeze(0))[0].tolist(), framing))
 

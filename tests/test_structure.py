@@ -126,3 +126,5 @@ def test_a_missing_extra_names_the_extra_that_installs_it(monkeypatch):
     with pytest.raises(extras.MissingExtra, match=r"^drawing needs no_such_module_here, which the \[plots\] extra "
                                                   r"installs: pip install 'signs-resnet\[plots\]'$"):
         extras.require("no_such_module_here.sub", "drawing")
+    with pytest.raises(ModuleNotFoundError):  # a module no extra installs: a broken install, said as it is
+        extras.require("not_an_extra_module", "anything")

@@ -69,34 +69,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:  # an HDF5 split (the official test_signs.h5): the network on its 64x64 photos, as they are
         result = evaluate(model.network, _test_split(args.data, model.classes),
                           float(model.metadata.get("temperature", 1.0)))
-    pictures = []
-    if args.out:  # only where asked: never over the model's own files
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_evaluation_text(result), end="")
+    if args.out:  # only where asked, never over the model's own files; after the figures (a missing extra)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         plot_confusion(result, out / "confusion.png")
-        pictures.append(out / "confusion.png")
+        pictures = [out / "confusion.png"]
         if model.metadata.get("history"):
             plot_curves(model.metadata["history"], out / "curves.png")
             pictures.append(out / "curves.png")
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{result['source']}: accuracy {result['accuracy']:.4f} on {result['n']} images, "
-          f"calibration error {result['ece']:.4f}")
-    if "network" in result:
-        print(f"the network alone: accuracy {result['network']['accuracy']:.4f}, calibration error "
-              f"{result['network']['ece']:.4f}; hand found in {result['hands_found']:.1%}, confident "
-              f"{result['confident']:.1%}" + (f"; {result['unreadable']} unreadable" if result["unreadable"] else ""))
-    print("class  accuracy")
-    for name, accuracy in result["per_class"].items():
-        print(f"{name:>5}  {'-' if accuracy is None else f'{accuracy:.3f}'}")
-    print("confusion (rows: true, columns: predicted)")
-    print("       " + " ".join(f"{c:>4}" for c in result["classes"]))
-    for name, row in zip(result["classes"], result["confusion"]):
-        print(f"{name:>5}  " + " ".join(f"{v:>4}" for v in row))
-    for picture in pictures:
-        print(f"wrote {picture}")
+        if not args.json:
+            print("".join(f"wrote {picture}\n" for picture in pictures), end="")
     return 0
+
+
+def _evaluation_text(result: dict) -> str:
+    """`signs evaluate`'s table: accuracy, calibration, per class, the confusion matrix."""
+    lines = [f"{result['source']}: accuracy {result['accuracy']:.4f} on {result['n']} images, "
+             f"calibration error {result['ece']:.4f}"]
+    if "network" in result:
+        lines.append(f"the network alone: accuracy {result['network']['accuracy']:.4f}, calibration error "
+                     f"{result['network']['ece']:.4f}; hand found in {result['hands_found']:.1%}, confident "
+                     f"{result['confident']:.1%}"
+                     + (f"; {result['unreadable']} unreadable" if result["unreadable"] else ""))
+    lines.append("class  accuracy")
+    lines += [f"{name:>5}  {'-' if accuracy is None else f'{accuracy:.3f}'}"
+              for name, accuracy in result["per_class"].items()]
+    lines.append("confusion (rows: true, columns: predicted)")
+    lines.append("       " + " ".join(f"{c:>4}" for c in result["classes"]))
+    lines += [f"{name:>5}  " + " ".join(f"{v:>4}" for v in row)
+              for name, row in zip(result["classes"], result["confusion"])]
+    return "".join(f"{line}\n" for line in lines)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -16,10 +16,12 @@ class MissingExtra(ValueError):
 
 def require(module: str, feature: str) -> ModuleType:
     """`module` imported, or a MissingExtra saying that `feature` needs it and which extra installs it."""
+    package = module.split(".")[0]
     try:
         return importlib.import_module(module)
-    except ImportError:
-        package = module.split(".")[0]
+    except ModuleNotFoundError as error:
+        if package not in EXTRAS or (error.name or "").split(".")[0] not in (package, *EXTRAS):
+            raise  # not an extra's absence: a broken install, said as it is
         extra = EXTRAS[package]
         raise MissingExtra(f"{feature} needs {package}, which the [{extra}] extra installs: "
                            f"pip install 'signs-resnet[{extra}]'") from None

@@ -22,9 +22,10 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     return error
 
 
-def scores(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str], source: str) -> dict[str, Any]:
-    """Accuracy, cross-entropy, ECE, per-class accuracy, the confusion matrix (rows: true) and each error, for
-    probabilities N x classes against labels N."""
+def scores(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str], source: str,
+           logits: torch.Tensor | None = None) -> dict[str, Any]:
+    """Accuracy, cross-entropy (from `logits` when given, exact; else from the probabilities), ECE, per-class
+    accuracy, the confusion matrix (rows: true) and each error, for probabilities N x classes against labels N."""
     predicted = probabilities.argmax(1)
     num_classes = len(classes)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -35,7 +36,8 @@ def scores(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str]
     }
     return {
         "accuracy": (predicted == labels).float().mean().item(),
-        "loss": F.nll_loss(probabilities.clamp(min=1e-12).log(), labels).item(),
+        "loss": (F.cross_entropy(logits, labels) if logits is not None
+                 else F.nll_loss(probabilities.clamp(min=1e-12).log(), labels)).item(),
         "ece": expected_calibration_error(probabilities, labels),
         "n": len(labels),
         "per_class": per_class,

@@ -40,10 +40,10 @@ def _border_colour(image: Image.Image) -> tuple[int, ...]:
 
 
 def _pad_to_square(image: Image.Image, size: int) -> Image.Image:
-    """The photo padded to a square with its border's median colour; a photo many times larger than `size`
-    reduced by a whole factor first (to 4-8 times `size`, plenty for the resize to `size`), so that a long
+    """The photo padded to a square with its border's median colour; a photo over 16 times larger than `size`
+    reduced by a whole factor first (to 8-16 times `size`, plenty for the resize to `size`), so that a long
     thin photo never builds a huge square canvas (40000x70 pixels would be 40000x40000)."""
-    factor = max(image.size) // (4 * size)
+    factor = max(image.size) // (8 * size)
     if factor >= 2:
         image = image.reduce(factor)
     width, height = image.size

@@ -95,7 +95,8 @@ def evaluate_folder(engine: Engine, folder: str | Path, batch_size: int = 64) ->
     """The product's answers (classify_files: the hand found and cut out, the count weighing the network) on a
     folder of labelled photos (class subfolders, or file names starting with the class), scored against their
     labels (scores.scores); beside them the network's own answers ("network") and the share of photos whose
-    hand was found ("hands_found"). Unreadable files are counted in "unreadable", not scored."""
+    hand was found ("hands_found"); each error names its file ("path"). Unreadable files are counted in
+    "unreadable", not scored."""
     classes = engine.model.classes
     labelled = labelled_files([Path(folder)])
     unknown = sorted({label for _, label in labelled} - set(classes))
@@ -110,6 +111,8 @@ def evaluate_folder(engine: Engine, folder: str | Path, batch_size: int = 64) ->
     answers = torch.tensor([[result["probabilities"][name] for name in classes] for result, _ in read])
     network = torch.tensor([result["network"] for result, _ in read])
     summary = scores(answers, labels, classes, str(folder))
+    for error in summary["errors"]:
+        error["path"] = read[error["index"]][0]["path"]
     summary["network"] = scores(network, labels, classes, str(folder))
     summary["hands_found"] = sum(bool(result["hand"] and result["hand"]["found"]) for result, _ in read) / len(read)
     summary["confident"] = sum(result["confident"] for result, _ in read) / len(read)

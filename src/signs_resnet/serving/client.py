@@ -81,8 +81,8 @@ class RemoteModel:
         try:
             response = request()
             for _ in range(RETRIES - 1):
-                if response.status_code != 503:
-                    break
+                if response.status_code != 503 or _error_of(response)["code"] == "hand_models_missing":
+                    break  # answered, or a 503 that waiting does not mend
                 time.sleep(min(float(response.headers.get("retry-after", 1)), 10))
                 response = request()
         except httpx.TransportError as error:

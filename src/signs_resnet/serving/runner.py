@@ -13,10 +13,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from signs_resnet.extras import require
-from signs_resnet.model_file import load_model as load_model_file
 from signs_resnet.serving.app import create_app
 from signs_resnet.serving.guards import HttpProtocol
-from signs_resnet.serving.runtime import check_hand_models, start_engine
+from signs_resnet.serving.runtime import start_engine
 from signs_resnet.serving.settings import ServeSettings
 
 LOG_CONFIG = {
@@ -54,8 +53,9 @@ def run(settings: ServeSettings) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings, start_engine(settings)), **options)
         return
-    model = load_model_file(settings.model)  # the workers load it; verify it once here, where failing is clear
-    check_hand_models(model.image_size)  # and say once whether photos can be read
+    # The workers build their own engines; building one here first makes a bad model file, engine or missing
+    # extra one clear error before any port is opened, and says once whether photos can be read.
+    start_engine(settings)
     os.environ.update(settings.to_env())  # the worker processes read their settings from here
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics over all worker processes

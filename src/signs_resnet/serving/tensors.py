@@ -133,10 +133,10 @@ def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels
             image, framing = prepare(source, size, max_pixels)
         except ImageError as error:
             raise decode_error(index, names[index] if names else None, error) from None
-        except HandModelError as error:  # the install, not the photo: the same answer for every photo
-            raise ApiError(503, "hand_models_missing", f"this server cannot look for hands ({error}), which "
-                           f"photos larger than {size}x{size} need; send image tensors or {size}x{size} photos "
-                           "meanwhile") from None
+        except HandModelError:  # the install, not the photo (said in the log at start-up): the same for every photo
+            raise ApiError(503, "hand_models_missing", f"this server has no hand models, which photos larger than "
+                           f"{size}x{size} need (its operator can run `signs fetch-hand-models`); send image "
+                           f"tensors or {size}x{size} photos meanwhile") from None
         images.append(image)
         framings.append(framing)
     return torch.stack(images), framings

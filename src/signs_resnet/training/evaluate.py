@@ -47,7 +47,7 @@ def evaluate(network: torch.nn.Module, dataset: Dataset, temperature: float = 1.
              device: torch.device | str = "cpu") -> dict[str, Any]:
     """Inference-mode metrics of `network` on `dataset` (scores.scores)."""
     logits = logits_of(network, dataset, device) / temperature
-    return scores(torch.softmax(logits, 1), dataset.labels, dataset.classes, dataset.source)
+    return scores(torch.softmax(logits, 1), dataset.labels, dataset.classes, dataset.source, logits)
 
 
 def _save_figure(figure, path: Path) -> None:
