@@ -10,7 +10,7 @@ Rows: SIGNS test "4"s and "5"s, then real crops (`real/hands_crops`): "4"s read 
 "1"s read wrong, "1"s read right; photos picked evenly through each group's sorted file names. Each map
 is also summarised as the share of its weight on the hand (the SIGNS mask of augment.hand_mask, for SIGNS
 photos only) to say whether the model reads the hand or the background. Findings: docs/robustness.md,
-"Where the model looks".
+"Levers measured".
 """
 
 from __future__ import annotations
