@@ -196,6 +196,7 @@ def test_predict_on_a_server_refuses_a_wrong_key_and_an_unreachable_server_in_on
         assert line.startswith("signs predict: error: ") and reason in line, line
 
 
+@pytest.mark.slow  # two commands over a folder of photos
 def test_evaluate_on_a_folder_answers_as_predict_does(uniform_model_file, sample_jpg, signs_jpegs, tmp_path):
     """`signs evaluate --data FOLDER` scores the answers `signs predict` gives the same photos (the hand found
     and cut out, the count weighing the network), with the network alone beside. The network here answers every
@@ -216,5 +217,7 @@ def test_evaluate_on_a_folder_answers_as_predict_does(uniform_model_file, sample
     assert result["accuracy"] == pytest.approx(sum(a["label"] == t for a, t in zip(predicted, truth)) / 5) == 2 / 5
     assert result["network"]["accuracy"] == pytest.approx(truth.count("0") / 5) == 1 / 5  # "0" for every photo
     assert result["hands_found"] == pytest.approx(2 / 5)  # the two phone photos; 64x64 ones are not searched
-    text = signs("evaluate", "--model", uniform_model_file, "--engine", "torch-fp32", "--data", folder).stdout
+    from signs_resnet.cli import _evaluation_text
+
+    text = _evaluation_text(result)  # what the command prints without --json
     assert "accuracy 0.4000 on 5 images" in text and "the network alone: accuracy 0.2000" in text

@@ -107,6 +107,7 @@ def test_no_module_over_400_lines():
     assert {name: n for name, n in lengths.items() if n > 400} == {}
 
 
+@pytest.mark.slow  # a training process
 def test_signs_train_never_imports_the_web_stack(signs_slice, tmp_path):
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")} | {"PYTHONPROFILEIMPORTTIME": "1"}
     result = subprocess.run([sys.executable, "-m", "signs_resnet", "train", "--data", str(signs_slice), "--out",
