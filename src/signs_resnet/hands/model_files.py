@@ -10,6 +10,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from signs_resnet import artifact
+
 PALM_FILE, LANDMARK_FILE = "palm_detection_full.tflite", "hand_landmark_full.tflite"
 SHA256 = {PALM_FILE: "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
           LANDMARK_FILE: "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3"}
@@ -65,16 +67,12 @@ def model_paths() -> dict[str, Path]:
 
 def _extract(wheel: Path, folder: Path) -> None:
     """The two models out of MediaPipe's wheel into `folder`, each checked before it replaces a file there."""
-    folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
         for name, member in WHEEL_MEMBERS.items():
             content = archive.read(member)
             if hashlib.sha256(content).hexdigest() != SHA256[name]:
                 raise HandModelError(f"{wheel.name}: {member} is not the model this version expects")
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as temporary:
-                temporary.write(content)
-            os.chmod(temporary.name, 0o644)  # readable like any installed file (a temporary file is private)
-            os.replace(temporary.name, folder / name)
+            artifact.atomic_write(folder / name, content)
 
 
 def _download(url: str, into: Path) -> None:
