@@ -39,7 +39,8 @@ def counts(folder: Path, second_search: bool) -> tuple[np.ndarray, np.ndarray]:
         else:
             palm_request, _ = finder._requests()
             hand = finder.find(photo) if finder._best_palm(photo, palm_request) is not None else None
-        fingers = None if hand is None else hand.fingers()
+        given = None if hand is None else hand.reading()
+        fingers = None if given is None else given.count
         return -1 if fingers is None else fingers
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:

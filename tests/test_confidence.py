@@ -1,5 +1,5 @@
-"""Every answer says whether it is confident: a hand was found (or not looked for, in a 64x64 photo), its points
-show as many fingers as the answer counts, and the top probability reaches the model's threshold (fixed on SIGNS
+"""Every answer says whether it is confident: a hand was found (never in a 64x64 photo, not looked for), its
+reading counts as many fingers as the answer, and the top probability reaches the model's threshold (fixed on SIGNS
 data). The API, the Open Inference Protocol, the CLI
 and the web page; an image with no hand at all is answered, not confident, and says no hand was found."""
 
@@ -28,7 +28,19 @@ def png(array: np.ndarray) -> bytes:
 
 
 NO_HAND = png(np.full((120, 160, 3), 128, dtype=np.uint8))  # a grey wall
-NO_HAND_ANSWER = {"found": False, "score": None, "crop": None, "fingers": None}
+NO_HAND_ANSWER = {"found": False, "score": None, "crop": None, "fingers": None, "counts": None, "fingers_up": None,
+                  "o": None, "points": None}
+
+
+def counted(count: int | None, sure: float = 0.9, searched: bool = True) -> preprocess.Framing:
+    """Where a hand was found whose reading gives `count` the probability `sure` (the rest shared evenly);
+    no reading for None."""
+    from signs_resnet.hands.reading import Reading
+
+    if count is None:
+        return preprocess.Framing(searched, 0.9 if searched else None, (0, 0, 10, 10))
+    counts = tuple(sure if c == count else (1 - sure) / 5 for c in range(6))
+    return preprocess.Framing(True, 0.9, (0, 0, 10, 10), Reading((0.5,) * 5, 0.1, counts))
 
 
 def test_the_threshold_travels_with_the_model_file(uniform_model_file, tmp_path):
@@ -45,8 +57,8 @@ def test_the_threshold_travels_with_the_model_file(uniform_model_file, tmp_path)
 
 @pytest.mark.slow  # a server of its own
 def test_predict_answers_say_whether_they_are_confident(uniform_model_file, sample_jpg, tmp_path):
-    """A server whose network answers every class alike, at a threshold of 0.5: sample.jpg's hand shows five
-    fingers, which weighs its "5" to about 0.83, confident; a wall has no hand, so its answer never is."""
+    """A server whose network answers every class alike, at a threshold of 0.5: the answer is the hand's reading,
+    sample.jpg's hand reads five fingers, above 0.5, confident; a wall has no hand, so its answer never is."""
     from conftest import start_server
 
     server = start_server(uniform_model_file, tmp_path / "server.log", "--engine", "torch-fp32")
@@ -61,89 +73,90 @@ def test_predict_answers_say_whether_they_are_confident(uniform_model_file, samp
         assert result["confident"] is (result["probability"] >= 0.5 and result["hand"]["found"]
                                        and result["hand"]["fingers"] == int(result["label"]))
     sample, wall = body["results"]
-    from signs_resnet.hands.reading import COUNT_LIKELIHOOD
-
-    weighed = COUNT_LIKELIHOOD["5"][5] / sum(shares[5] for shares in COUNT_LIKELIHOOD.values())  # Bayes' rule
+    network, landmarks = load_model(uniform_model_file).combination
+    weighed = [p ** landmarks for p in sample["hand"]["counts"]]  # the network's 1/6 each cancels out
     assert (sample["label"], sample["confident"]) == ("5", True)
-    assert sample["probability"] == pytest.approx(weighed, abs=1e-6)
-    assert sample["hand"]["found"] is True and sample["hand"]["score"] > 0.5
+    assert sample["probability"] == pytest.approx(weighed[5] / sum(weighed), abs=1e-3)
+    assert sample["hand"]["found"] is True and sample["hand"]["score"] > 0.5 and sample["hand"]["fingers"] == 5
+    assert min(sample["hand"]["fingers_up"]) > 0.5 and len(sample["hand"]["points"]) == 21
+    assert {p["label"] for p in sample["network"]} == set("012345")
+    assert all(p["probability"] == pytest.approx(1 / 6, abs=1e-4) for p in sample["network"])
     assert wall["label"] in [str(c) for c in range(6)] and wall["confident"] is False
     assert wall["hand"] == NO_HAND_ANSWER
     assert {"confident", "hand"} <= set(documented["properties"]) and "confident" in documented["required"]
 
 
-def test_an_answer_whose_count_the_hands_points_contradict_is_not_confident(model_file):
-    """The rule (answer.is_confident): a sure 5 is confident where the hand shows five fingers, and not where
-    it shows four, was looked for and not found, or was not looked for (a photo at the input size)."""
-    from signs_resnet.data.preprocess import Framing
-
+def test_an_answer_whose_count_the_hands_reading_contradicts_is_not_confident(model_file):
+    """The rule (answer.is_confident): a sure 5 is confident where the hand reads five fingers, and not where it
+    reads four, was looked for and not found, or was not looked for (a photo at the input size)."""
     model = load_model(model_file)
     model.metadata["confidence_threshold"] = 0.9
     sure_five = [0.0, 0.0, 0.0, 0.0, 0.01, 0.99]
-    assert answer.is_confident(model, sure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
-    assert not answer.is_confident(model, sure_five, Framing())  # no hand looked for: never confident
-    assert not answer.is_confident(model, sure_five, Framing(True, 0.9, (0, 0, 10, 10), 4))
-    assert not answer.is_confident(model, sure_five, Framing(True))
+    assert answer.is_confident(model, sure_five, counted(5))
+    assert not answer.is_confident(model, sure_five, preprocess.Framing())  # no hand looked for: never confident
+    assert not answer.is_confident(model, sure_five, counted(4))
+    assert not answer.is_confident(model, sure_five, preprocess.Framing(True))
     unsure_five = [0.0, 0.0, 0.0, 0.0, 0.5, 0.5 + 1e-3]
-    assert not answer.is_confident(model, unsure_five, Framing(True, 0.9, (0, 0, 10, 10), 5))
+    assert not answer.is_confident(model, unsure_five, counted(5))
+    assert answer.is_confident(model, [0.99, 0.01, 0, 0, 0, 0], counted(0))  # a 0 is a count too: a fist, an O
 
 
-def test_the_hands_count_weighs_the_networks_probabilities(model_file):
-    """answer.posterior: Bayes' rule with hands.reading.COUNT_LIKELIHOOD. A count tips an unsure answer its way
-    and makes an answer it agrees with surer; it cannot overrule a sure network; no count, or a model whose
-    classes are not SIGNS', leaves the network's probabilities as they are."""
-    from signs_resnet.data.preprocess import Framing
-    from signs_resnet.hands.reading import COUNT_LIKELIHOOD
-
+def test_the_answer_is_a_weighted_product_of_the_network_and_the_hands_reading(model_file):
+    """answer.posterior: p_net^a x p_count^b with the model's weights (LoadedModel.combination). A reading tips
+    an unsure answer its way and makes an answer it agrees with surer; the weights say how far each part counts;
+    no reading, or a model whose classes are not SIGNS' counts, leaves the network's probabilities as they are."""
     model = load_model(model_file)
-    box = (0, 0, 10, 10)
+    model.metadata.update(network_weight=1.0, landmark_weight=1.0)
     unsure = [0.0, 0.0, 0.0, 0.0, 0.55, 0.45]
-    weighed = answer.posterior(model, unsure, Framing(True, 0.9, box, 5))
+    weighed = answer.posterior(model, unsure, counted(5))
     assert max(range(6), key=weighed.__getitem__) == 5 and sum(weighed) == pytest.approx(1)
-    five, four = 0.45 * COUNT_LIKELIHOOD["5"][5], 0.55 * COUNT_LIKELIHOOD["4"][5]
-    assert weighed[5] == pytest.approx(five / (five + four))
-    assert answer.posterior(model, unsure, Framing(True, 0.9, box, 4))[4] > 0.55  # agreeing: surer
+    five, four = 0.45 * 0.9, 0.55 * 0.02
+    assert weighed[5] == pytest.approx(five / (five + four), abs=1e-6)
+    assert answer.posterior(model, unsure, counted(4))[4] > 0.55  # agreeing: surer
     sure = [0.0002, 0.0002, 0.0002, 0.0002, 0.0002, 0.999]
-    assert max(range(6), key=answer.posterior(model, sure, Framing(True, 0.9, box, 4)).__getitem__) == 5
-    for nothing_to_count in (Framing(), Framing(True), Framing(True, 0.9, box, None), Framing(True, 0.9, box, 6),
-                             Framing(True, 0.9, box, -1)):
+    assert max(range(6), key=answer.posterior(model, sure, counted(4, sure=0.6)).__getitem__) == 5
+    model.metadata.update(network_weight=0.2, landmark_weight=1.0)  # a network trusted less: the sure reading wins
+    assert max(range(6), key=answer.posterior(model, sure, counted(4, sure=0.99)).__getitem__) == 4
+    model.metadata.update(network_weight=1.0, landmark_weight=0.0)  # the reading not trusted: the network's own
+    assert answer.posterior(model, unsure, counted(5)) == pytest.approx(unsure, abs=1e-9)
+    for nothing_to_count in (preprocess.Framing(), preprocess.Framing(True), counted(None)):
         assert answer.posterior(model, unsure, nothing_to_count) == unsure
-    assert answer.posterior(model, unsure[:5], Framing(True, 0.9, box, 5)) == unsure[:5]  # not one per class
+    assert answer.posterior(model, unsure[:5], counted(5)) == unsure[:5]  # not one per class
+    model.metadata.update(network_weight=1.0, landmark_weight=1.0)
     model.classes = ["5", "4", "3", "2", "1", "0"]  # by name, not by position
-    assert answer.posterior(model, unsure[::-1], Framing(True, 0.9, box, 5)) == pytest.approx(weighed[::-1])
+    assert answer.posterior(model, unsure[::-1], counted(5)) == pytest.approx(weighed[::-1])
     model.classes = ["a", "b", "c", "d", "e", "f"]
-    assert answer.posterior(model, unsure, Framing(True, 0.9, box, 5)) == unsure
+    assert answer.posterior(model, unsure, counted(5)) == unsure
+
+
+def test_the_combination_weights_travel_with_the_model_file(uniform_model_file, tmp_path):
+    """Written by training (TrainConfig.network_weight, landmark_weight), read back; a model file from before
+    gets DEFAULT_COMBINATION."""
+    from signs_resnet.model_file import DEFAULT_COMBINATION, save_model
+
+    model = load_model(uniform_model_file)
+    assert model.combination == DEFAULT_COMBINATION
+    save_model(tmp_path / "weighted.safetensors", model.network,
+               model.metadata | {"network_weight": 0.4, "landmark_weight": 1.5})
+    assert load_model(tmp_path / "weighted.safetensors").combination == (0.4, 1.5)
 
 
 def test_an_answer_is_weighed_once_then_judged(model_file):
-    """answer.decide, which every path answers through: a 5 at 70% whose hand shows five fingers is
-    weighed above the threshold (0.757) and is confident, though the network's own 70% is not; its label and
+    """answer.decide, which every path answers through: a 5 at 70% whose hand reads five fingers is weighed
+    above the threshold (0.757) and is confident, though the network's own 70% is not; its label and
     probabilities are the weighed ones."""
-    from signs_resnet.data.preprocess import Framing
-
     model = load_model(model_file)
-    model.metadata["confidence_threshold"] = 0.757
+    model.metadata.update(confidence_threshold=0.757, network_weight=1.0, landmark_weight=1.0)
     network = [0.06, 0.06, 0.06, 0.06, 0.06, 0.7]
-    five = Framing(True, 0.9, (0, 0, 10, 10), 5)
+    five = counted(5)
     given = answer.decide(model, network, five)
     assert given.probabilities == answer.posterior(model, network, five) and given.probabilities[5] > 0.95
     assert (given.label, given.confident) == ("5", True)
     assert not answer.is_confident(model, network, five)  # the network's own probability does not reach it
-    assert answer.decide(model, network, Framing()) == type(given)(network, "5", False)  # no count: as the network says
+    no_count = answer.decide(model, network, preprocess.Framing())
+    assert no_count == type(given)(network, "5", False)  # no reading: as the network says
     unsure_four = [0.0, 0.0, 0.0, 0.0, 0.6, 0.4]
-    assert answer.decide(model, unsure_four, five).label == "5"  # the count tips it
-
-
-def test_the_count_likelihoods_are_distributions_that_favour_each_class_own_count():
-    """hands.reading.COUNT_LIKELIHOOD as benchmarks/finger_count.py fits it: per SIGNS class, a share for each count
-    0-5, none zero, summing to 1 (to its 3 decimals); "1" to "5" show their own count most often."""
-    from signs_resnet.hands.reading import COUNT_LIKELIHOOD
-
-    assert sorted(COUNT_LIKELIHOOD) == [str(c) for c in range(6)]
-    for name, shares in COUNT_LIKELIHOOD.items():
-        assert len(shares) == 6 and min(shares) > 0 and sum(shares) == pytest.approx(1, abs=0.005)
-        if name != "0":
-            assert max(range(6), key=shares.__getitem__) == int(name)
+    assert answer.decide(model, unsure_four, five).label == "5"  # the reading tips it
 
 
 def _sure_of(model, index: int, probability: float = 0.9):
@@ -165,7 +178,7 @@ def _sure_of(model, index: int, probability: float = 0.9):
 
 
 def _photo_showing(fingers: int) -> Path:
-    """The first real/hands_frames photo of class `fingers` whose hand's points show that many fingers."""
+    """The first real/hands_frames photo of class `fingers` whose hand's reading counts that many fingers."""
     for photo in sorted((SHARED / "real" / "hands_frames" / str(fingers)).glob("*.jpg")):
         if preprocess.prepare(photo)[1].fingers == fingers:
             return photo
@@ -189,7 +202,8 @@ def test_every_path_answers_with_the_count_weighed_in(model_file, sample_jpg, tm
 
     model = load_model(model_file)
     four = model.classes.index("4")
-    save_model(tmp_path / "model.safetensors", _sure_of(model, four), model.metadata | {"confidence_threshold": 0.95})
+    save_model(tmp_path / "model.safetensors", _sure_of(model, four),
+               model.metadata | {"confidence_threshold": 0.95, "network_weight": 1.0, "landmark_weight": 1.0})
     sure = load_model(tmp_path / "model.safetensors")
     photos = [sample_jpg, _photo_showing(4)]
     prepared = [preprocess.prepare(photo) for photo in photos]
@@ -265,7 +279,7 @@ def test_the_cli_line_says_when_the_hand_shows_another_count():
     results = [{"path": "a.jpg", "label": "4", "probability": 0.9, "confident": False, "hand": hand},
                {"path": "b.jpg", "label": "5", "probability": 0.9, "confident": True, "hand": hand},
                {"path": "c.jpg", "label": "2", "probability": 0.9, "confident": False, "hand": hand | {"fingers": 1}},
-               {"path": "d.jpg", "label": "0", "probability": 0.9, "confident": True, "hand": hand}]  # "0": no count
+               {"path": "d.jpg", "label": "0", "probability": 0.9, "confident": True, "hand": hand | {"fingers": 0}}]
     assert format_results(results, list("012345"), "text").splitlines() == [
         "a.jpg: 4 (90.0%, not confident, the hand shows 5 fingers)", "b.jpg: 5 (90.0%)",
         "c.jpg: 2 (90.0%, not confident, the hand shows 1 finger)", "d.jpg: 0 (90.0%)"]

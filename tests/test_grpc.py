@@ -43,7 +43,7 @@ def test_health_and_metadata(triton_client):
     assert metadata["name"] == MODEL and len(metadata["versions"]) == 1
     inputs = {i["name"]: (i["datatype"], [int(d) for d in i["shape"]]) for i in metadata["inputs"]}
     assert inputs == {"input": ("FP32", [-1, 3, 64, 64]), "image": ("BYTES", [-1])}
-    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label", "confident"]
+    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label", "confident", "network", "hand_counts"]
 
 
 @pytest.mark.parametrize("requested", [None, ["probabilities"], ["label", "probabilities"]])
@@ -54,7 +54,7 @@ def test_fp32_raw_input_gives_predicts_answer(triton_client, client, sample_jpg,
     outputs = [triton.InferRequestedOutput(name) for name in requested] if requested else None
     result = triton_client.infer(MODEL, [tensor], outputs=outputs, request_id="9")
     answer = result.get_response(as_json=True)
-    assert answer["id"] == "9" and [o["name"] for o in answer["outputs"]] == (requested or ["probabilities", "label", "confident"])
+    assert answer["id"] == "9" and [o["name"] for o in answer["outputs"]] == (requested or ["probabilities", "label", "confident", "network", "hand_counts"])
     expected = predict_rows(client, *pngs)
     if "probabilities" in (requested or ["probabilities"]):
         assert np.allclose(result.as_numpy("probabilities"), expected, atol=SAME_ENGINE_TOLERANCE)
@@ -92,7 +92,7 @@ def test_contents_instead_of_raw_data(stub, client, sample_jpg):
     as_files = stub.ModelInfer(infer_request("BYTES", (1,), pb.InferTensorContents(bytes_contents=[blob])))
     # FP32 numbers are /predict's answer for the 64x64 image as it is; files, its answer for the photo (with the count)
     for answer, sent in ((as_numbers, png), (as_files, blob)):
-        assert [o.name for o in answer.outputs] == ["probabilities", "label", "confident"]
+        assert [o.name for o in answer.outputs] == ["probabilities", "label", "confident", "network", "hand_counts"]
         assert answer.raw_output_contents[2] in (b"\x00", b"\x01")  # BOOL: one byte each
         assert np.allclose(probabilities_of(answer), predict_rows(client, sent), atol=SAME_ENGINE_TOLERANCE)
 

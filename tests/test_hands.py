@@ -124,24 +124,13 @@ def test_training_photos_are_cut_out_as_a_prediction_reads_them_enlarged():
     assert torch.equal(synthetic.cut_out_photos(images)[0], cut_outs)
 
 
-def drawn_hand(fingers_out: tuple[bool, bool, bool, bool], thumb_out: bool) -> geometry.Hand:
-    """A right hand's 21 points, palm to the camera, wrist at the bottom: each finger straight up or folded
-    back onto its knuckle, the thumb out to the side or across the palm."""
-    points = [(100, 200)]
-    points += [(120, 185), (145, 165), (165, 150), (195, 120) if thumb_out else (120, 150)]
-    for x, out in zip((130, 110, 90, 70), fingers_out):  # index to little finger
-        points += [(x, 130), (x, 100)] + ([(x, 80), (x, 55)] if out else [(x, 112), (x, 125)])
-    return geometry.Hand(np.array(points, dtype=np.float32), 0.9)
-
-
-@pytest.mark.parametrize("fingers_out, thumb_out, count", [
-    ((True,) * 4, True, 5), ((True,) * 4, False, 4), ((True, True, False, False), True, 3),
-    ((True, True, False, False), False, 2), ((True, False, False, False), False, 1), ((False,) * 4, False, 0)])
-def test_the_hands_points_count_the_fingers_held_out(fingers_out, thumb_out, count):
-    hand = drawn_hand(fingers_out, thumb_out)
-    assert hand.fingers() == count
-    assert hand.without_thumb().fingers() == count - thumb_out  # the thumb folded away
-    assert np.array_equal(hand.without_thumb().points[[0, 1, *range(5, 21)]], hand.points[[0, 1, *range(5, 21)]])
+def test_a_hand_without_its_thumb_keeps_every_other_point():
+    points = np.arange(42, dtype=np.float32).reshape(21, 2)
+    world = np.arange(63, dtype=np.float32).reshape(21, 3)
+    folded = geometry.Hand(points, 0.9, world).without_thumb()
+    assert np.array_equal(folded.points[[0, 1, *range(5, 21)]], points[[0, 1, *range(5, 21)]])
+    assert (folded.points[2:5] == points[1]).all() and (folded.world[2:5] == world[1]).all()
+    assert np.array_equal(folded.world[5:], world[5:])
 
 
 def test_an_open_hand_in_a_phone_photo_shows_five_fingers(sample_jpg):
@@ -212,7 +201,8 @@ def test_a_photo_without_a_hand_is_answered_as_no_hand(kind):
     image, framing = preprocess.prepare(Image.fromarray(np.ascontiguousarray(pixels[kind])))
     assert image.shape == (3, 64, 64)
     assert framing.searched and framing.score is None and framing.crop is None and not framing.hand_found
-    assert answer.hand_json(framing) == {"found": False, "score": None, "crop": None, "fingers": None}
+    assert answer.hand_json(framing) == {"found": False, "score": None, "crop": None, "fingers": None, "counts": None,
+                                         "fingers_up": None, "o": None, "points": None}
 
 
 def test_models_that_are_there_and_verified_are_not_downloaded_again(monkeypatch):
@@ -407,8 +397,9 @@ def test_a_hand_seen_from_the_side_keeps_a_body_and_degenerate_points_do_not_fai
     row = mask[120] >= 128  # across the bones, half-way up
     assert row.sum() >= geometry.MIN_FINGER * length * 0.8
     blob = np.asarray(geometry.Hand(np.full((21, 2), 50.0, np.float32), 0.9).silhouette((100, 100)))
-    assert geometry.Hand(np.full((21, 2), 50.0, np.float32), 0.9).fingers() is None  # no palm: no count
-    assert geometry.Hand(np.full((21, 2), np.nan, np.float32), 0.9).fingers() is None
+    flat = np.zeros((21, 3), np.float32)
+    assert geometry.Hand(np.full((21, 2), 50.0, np.float32), 0.9, flat).reading() is None  # no palm: no count
+    assert geometry.Hand(np.full((21, 2), np.nan, np.float32), 0.9, flat).reading() is None
     assert blob.shape == (100, 100) and 0 < int((blob > 0).sum()) < 400
 
 
@@ -439,43 +430,6 @@ def test_a_close_up_in_a_huge_photo_is_cut_from_a_reduced_copy(monkeypatch):
     assert np.abs(pixels[2, 2].astype(int) - np.array(preprocess.BACKGROUND)).max() <= 2  # past the photo's edge
 
 
-def test_the_count_likelihood_is_counted_per_class_with_one_added_to_every_cell():
-    """benchmarks/finger_count.py's table: per class "0" to "5", the share of its hands showing each count,
-    one added to every cell (a class with no hands is even)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import finger_count
-
-    table = finger_count.likelihood(np.array([4, 4, 5, 3]), np.array([4, 4, 4, 5]))
-    assert table["4"] == tuple(round(v / 9, 3) for v in (1, 1, 1, 1, 3, 2))
-    assert table["5"] == tuple(round(v / 7, 3) for v in (1, 1, 1, 2, 1, 1))
-    assert table["0"] == (round(1 / 6, 3),) * 6
-
-
-def test_the_count_likelihood_names_the_thresholds_and_hand_models_it_was_counted_with():
-    """COUNT_LIKELIHOOD holds for one set of thresholds and hand models: changing either without refitting the
-    table (and COUNT_FITTED_WITH) fails here."""
-    assert reading.COUNT_FITTED_WITH == {"FINGER_OUT": reading.FINGER_OUT, "THUMB_OUT": reading.THUMB_OUT,
-                                         "ROOM": detector.ROOM, **model_files.SHA256}
-
-
-@pytest.mark.slow  # the hand finder on 1080 photos
-def test_the_count_likelihood_is_what_the_shipped_thresholds_and_models_count_on_signs(signs_dir):
-    """benchmarks/finger_count.py's table, counted again now on the 1080 SIGNS training photos, is the table the
-    package holds, cell for cell within two photos a class (OpenVINO may place a landmark a hair apart on
-    another CPU)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import finger_count
-
-    splits = datasets.load_splits(signs_dir, hold_out_validation=False)
-    points, counts = finger_count.landmarks(splits.train)
-    shown = np.array([geometry.Hand(p, 1.0).fingers() for p in points])
-    told = np.array([s is not None for s in shown])
-    table = finger_count.likelihood(shown[told].astype(int), counts[told])
-    assert len(points) > 1000 and sorted(table) == sorted(reading.COUNT_LIKELIHOOD)  # 1027 of 1080 hands found
-    for name, shares in table.items():
-        assert shares == pytest.approx(reading.COUNT_LIKELIHOOD[name], abs=0.011), name
-
-
 def test_a_hand_that_fills_the_photo_is_found_by_the_search_with_room(signs_dir):
     """A SIGNS 3 enlarged 4x: the hand fills the photo, its arm cut at the bottom edge. The palm detector finds
     nothing in the photo as it is; the second search, the photo at half the detector's square, finds it, with
@@ -486,7 +440,7 @@ def test_a_hand_that_fills_the_photo_is_found_by_the_search_with_room(signs_dir)
     palm_request, _ = finder._requests()
     assert finder._best_palm(photo, palm_request) is None  # no room around the hand: no palm
     hand = finder.find(photo)
-    assert hand is not None and hand.fingers() == 3
+    assert hand is not None and hand.reading().count == 3
     left, top, right, bottom = hand.box
     assert 0 <= left < right <= 256 and bottom >= 200  # on the hand, whose wrist reaches the bottom edge
     _, framing = preprocess.prepare(photo)

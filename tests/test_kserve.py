@@ -64,7 +64,7 @@ def test_health_and_metadata(triton_client):
     metadata = triton_client.get_model_metadata(MODEL)
     assert {"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]} in metadata["inputs"]
     assert {"name": "image", "datatype": "BYTES", "shape": [-1]} in metadata["inputs"]
-    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label", "confident"]
+    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label", "confident", "network", "hand_counts"]
     assert metadata["parameters"]["max_images"] == 64
     assert "binary_tensor_data" in triton_client.get_server_metadata()["extensions"]
 
@@ -91,7 +91,7 @@ def test_fp32_input_gives_predicts_answer(triton_client, client, sample_jpg, sig
     answer = result.get_response()
     assert answer["id"] == "7" and answer["model_name"] == MODEL
     sent = {o["name"]: o for o in answer["outputs"]}
-    assert list(sent) == list(wanted or ["probabilities", "label", "confident"])
+    assert list(sent) == list(wanted or ["probabilities", "label", "confident", "network", "hand_counts"])
     for name, output in sent.items():  # each output in the form asked for
         binary = wanted[name] if wanted else True
         assert ("binary_data_size" in output.get("parameters", {})) == binary and ("data" in output) == (not binary)
@@ -109,10 +109,16 @@ def test_bytes_image_files_in_binary_give_predicts_answer(triton_client, client,
     tensor = triton.InferInput("image", [len(blobs)], "BYTES")
     tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_))  # binary: BYTES files are not JSON text
     result = triton_client.infer(MODEL, [tensor], outputs=[triton.InferRequestedOutput("probabilities"),
-                                                            triton.InferRequestedOutput("label", binary_data=False)])
+                                                            triton.InferRequestedOutput("label", binary_data=False),
+                                                            triton.InferRequestedOutput("hand_counts")])
     expected = predict_rows(client, *blobs)
     assert np.allclose(result.as_numpy("probabilities"), expected, atol=SAME_ENGINE_TOLERANCE)
     assert labels(result) == [str(i) for i in expected.argmax(1)]
+    # the hand's reading, as /predict's answer carries it: sample.jpg's open hand reads 5; 64x64 photos are not searched
+    counts = result.as_numpy("hand_counts")
+    hand = client.post("/predict", files={"image": ("s.jpg", blobs[0], "image/jpeg")}).json()["results"][0]["hand"]
+    assert counts.shape == (3, 6) and counts[0].argmax() == 5 == hand["fingers"]
+    assert np.allclose(counts[0], hand["counts"], atol=1e-4) and not counts[1:].any()
 
 
 def test_a_model_version_is_the_served_one_or_404(triton_client, client, sample_jpg):

@@ -92,7 +92,8 @@ def _evaluation_text(result: dict) -> str:
              f"calibration error {result['ece']:.4f}"]
     if "network" in result:
         lines.append(f"the network alone: accuracy {result['network']['accuracy']:.4f}, calibration error "
-                     f"{result['network']['ece']:.4f}; hand found in {result['hands_found']:.1%}, confident "
+                     f"{result['network']['ece']:.4f}; the hand's reading alone: accuracy "
+                     f"{result['landmarks_accuracy']:.4f}; hand found in {result['hands_found']:.1%}, confident "
                      f"{result['confident']:.1%}"
                      + (f"; {result['unreadable']} unreadable" if result["unreadable"] else ""))
     lines.append("class  accuracy")
@@ -226,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--confidence-threshold", type=float, default=defaults.confidence_threshold,
                        help="answers are marked confident only when their top probability is at least this "
                             "(and a hand was found showing their count; docs/accuracy.md) (default: %(default)g)")
+    train.add_argument("--network-weight", type=float, default=defaults.network_weight,
+                       help="the weight of the network's log-probabilities in an answer (docs/robustness.md) "
+                            "(default: %(default)g)")
+    train.add_argument("--landmark-weight", type=float, default=defaults.landmark_weight,
+                       help="the weight of the hand's reading's log-probabilities in an answer (default: %(default)g)")
     train.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed of the initial weights, batch order and augmentation (default: %(default)s)")
     train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,

@@ -24,6 +24,10 @@ def default_model_path() -> str:
 # The threshold of models written before training stored one: their recipe's, fixed on SIGNS data only
 # (docs/accuracy.md, "Confidence"). Today's recipe stores its own (training.config.TrainConfig.confidence_threshold).
 DEFAULT_CONFIDENCE_THRESHOLD = 0.998
+# The weights of the network's and the landmarks' log-probabilities in an answer (answer.posterior) for models
+# written before training stored them: the recipe's, fitted on shifted val_signs photos in its hold-out run
+# (training.config.TrainConfig.network_weight, landmark_weight; docs/robustness.md, "The combination").
+DEFAULT_COMBINATION = (1.0, 1.0)
 
 
 @dataclass
@@ -43,6 +47,12 @@ class LoadedModel:
     def confidence_threshold(self) -> float:
         """An answer is confident only when its top probability is at least this (answer.is_confident)."""
         return float(self.metadata.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
+
+    @property
+    def combination(self) -> tuple[float, float]:
+        """The weights of the network's and the landmarks' log-probabilities in an answer (answer.posterior)."""
+        return (float(self.metadata.get("network_weight", DEFAULT_COMBINATION[0])),
+                float(self.metadata.get("landmark_weight", DEFAULT_COMBINATION[1])))
 
 
 def save_model(path: str | Path, model: ResNet50Model, metadata: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from signs_resnet.data.decoding import MAX_PIXELS, ImageError, _to_rgb, open_ima
 from signs_resnet.hands.detector import find_hand
 from signs_resnet.hands.geometry import FRAMING, Hand
 from signs_resnet.hands.model_files import HandModelError
+from signs_resnet.hands.reading import Reading
 
 IMAGE_SIZE = 64
 # What a found hand is cut out onto: the SIGNS photos' background, the median of their border colours (the
@@ -59,13 +60,20 @@ class Framing:
     the hand was looked for (photos at the input size or smaller, such as SIGNS', are read as they are);
     `score`: the hand finder's certainty, None when it found no hand; `crop`: the square the network read
     (left, top, right, bottom in the photo's pixels after EXIF orientation; it may reach past the edges,
-    painted like the background), None when it read the whole photo; `fingers`: how many fingers the hand's
-    points show held out (Hand.fingers), None without a hand."""
+    painted like the background), None when it read the whole photo; `reading`: what the hand's points show
+    (Hand.reading: each finger held up, an O, each count's probability), None without a hand; `points`: the
+    hand's 21 landmarks (x, y in the same pixels as `crop`), None without a hand."""
 
     searched: bool = False
     score: float | None = None
     crop: tuple[int, int, int, int] | None = None
-    fingers: int | None = None
+    reading: Reading | None = None
+    points: tuple[tuple[float, float], ...] | None = None
+
+    @property
+    def fingers(self) -> int | None:
+        """The most probable count of fingers held up (Reading.count), None without a reading."""
+        return None if self.reading is None else self.reading.count
 
     @property
     def hand_found(self) -> bool:
@@ -81,7 +89,7 @@ def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], siz
     huge canvas, and a phone photo's silhouette is drawn and blurred at a few hundred pixels, not thousands."""
     factor = (box[2] - box[0]) // (4 * size)
     if factor >= 2:
-        image, hand = image.reduce(factor), Hand(hand.points / factor, hand.score)
+        image, hand = image.reduce(factor), Hand(hand.points / factor, hand.score, hand.world)
         box = tuple(round(v / factor) for v in box)
     left, top, right, bottom = box
     canvas = Image.new("RGB", (right - left, bottom - top), BACKGROUND)
@@ -104,7 +112,8 @@ def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image,
     if right <= 0 or bottom <= 0 or left >= image.width or top >= image.height:
         return image, Framing(searched=True)  # points off the photo: no hand in it
     box = hand.square()
-    return _cut_out(image, hand, box, size), Framing(True, hand.score, box, hand.fingers())
+    points = tuple((float(x), float(y)) for x, y in hand.points)
+    return _cut_out(image, hand, box, size), Framing(True, hand.score, box, hand.reading(), points)
 
 
 def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
@@ -123,7 +132,8 @@ def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE
         image = _to_rgb(ImageOps.exif_transpose(image))
         image, framing = frame_hand(image, size)
         if framing.crop is not None and reduction != 1:
-            framing = replace(framing, crop=tuple(round(v * reduction) for v in framing.crop))
+            framing = replace(framing, crop=tuple(round(v * reduction) for v in framing.crop),
+                              points=tuple((x * reduction, y * reduction) for x, y in framing.points))
         image = _pad_to_square(image, size)
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)

@@ -54,7 +54,8 @@ class HandFinder:
             # Outputs by name, not position: the palm's boxes and scores; the hand's landmarks and presence.
             self._outputs = {"boxes": self._palm.output("Identity"), "scores": self._palm.output("Identity_1"),
                              "landmarks": self._landmarks.output("Identity"),
-                             "presence": self._landmarks.output("Identity_1")}
+                             "presence": self._landmarks.output("Identity_1"),
+                             "world": self._landmarks.output("Identity_3")}
         except RuntimeError as error:
             raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {paths[PALM_FILE].parent}: "
                                  f"{str(error).strip().splitlines()[0]}") from None
@@ -92,7 +93,12 @@ class HandFinder:
                            sin * landmarks[:, 0] + cos * landmarks[:, 1] + y0], 1)
         if not presence >= MIN_PRESENCE or not np.isfinite(points).all():
             return None
-        return Hand(points.astype(np.float32), presence * palm_score)
+        # The world landmarks: the same 21 points in metres, in 3-D, about the hand's centre (what the fingers'
+        # reading measures angles on; their frame's turn does not change an angle).
+        world = outputs[self._outputs["world"]].reshape(21, 3)
+        if not np.isfinite(world).all():
+            world = None
+        return Hand(points.astype(np.float32), presence * palm_score, world)
 
     def _best_palm(self, image: Image.Image, request,
                    room: float = 1.0) -> tuple[np.ndarray, float, float, float] | None:

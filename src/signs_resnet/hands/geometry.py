@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from signs_resnet.hands.reading import FINGER_OUT, THUMB_OUT, finger_ratios
+from signs_resnet.hands.reading import Reading, finger_reading
 
 # The square the classifier reads: this many times the long side of the hand's points, around their centre.
 # Picked on real/'s webcam frames, the selection set (docs/robustness.md, "What real/ chose").
@@ -29,10 +29,12 @@ MIN_FINGER, MIN_PALM = 0.2, 0.6
 @dataclass(frozen=True)
 class Hand:
     """A hand found in a photo: its 21 landmarks (x, y in the photo's pixels, MediaPipe's order: the wrist
-    first, the middle finger's knuckle ninth) and how sure the models are (palm score x hand presence)."""
+    first, the middle finger's knuckle ninth), how sure the models are (palm score x hand presence), and the
+    same points in 3-D, in metres (the landmark model's world landmarks; None where there are none)."""
 
     points: np.ndarray
     score: float
+    world: np.ndarray | None = None
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -48,19 +50,21 @@ class Hand:
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + side, y0 + side
 
-    def fingers(self) -> int | None:
-        """How many fingers, the thumb among them, the points show held out (finger_ratios against THUMB_OUT
-        and FINGER_OUT); None when the points are too degenerate to tell (no palm length)."""
-        ratios = finger_ratios(self.points[None])[0]
-        if not np.isfinite(ratios).all():
+    def reading(self) -> Reading | None:
+        """What the points show (hands.reading): each finger's probability of being held up, an O's, each
+        count's; None without 3-D points or when they are too degenerate to read (no palm length)."""
+        if self.world is None:
             return None
-        return int(ratios[0] > THUMB_OUT) + int((ratios[1:] > FINGER_OUT).sum())
+        return finger_reading().read(self.points, self.world)
 
     def without_thumb(self) -> Hand:
         """The same hand with its thumb folded away: the thumb's three outer points moved onto its base."""
         points = self.points.copy()
         points[2:5] = points[1]
-        return Hand(points, self.score)
+        world = None if self.world is None else self.world.copy()
+        if world is not None:
+            world[2:5] = world[1]
+        return Hand(points, self.score, world)
 
     def silhouette(self, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> Image.Image:
         """The hand's shape drawn from its points, as a soft 8-bit mask of an image `size` whose top left is

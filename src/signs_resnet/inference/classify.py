@@ -42,10 +42,10 @@ def find_images(paths: Iterable[str | Path]) -> list[tuple[str, str | None]]:
 
 
 def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_size: int = 64,
-                   decode_threads: int = 0, with_network: bool = False) -> Iterator[dict[str, Any]]:
+                   decode_threads: int = 0) -> Iterator[dict[str, Any]]:
     """One result per entry of `files` (what find_images found), in that order: {"path", "label",
-    "probability", "confident", "hand", "probabilities"} (and the network's own, "network", with
-    `with_network`) or {"path", "error"}. The next batches decode while the current one runs."""
+    "probability", "confident", "hand", "probabilities", "network"} (answer.result_json) or {"path", "error"}.
+    The next batches decode while the current one runs."""
     image_size = engine.model.image_size
     finder()  # here, so that unusable hand models are one error, not one per file
     batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
@@ -60,11 +60,10 @@ def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_si
             batch = pending.popleft()
             if index + 2 < len(batches):
                 pending.append(submit(batches[index + 2]))
-            yield from _classify_batch(engine, batch, with_network)
+            yield from _classify_batch(engine, batch)
 
 
-def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | None]],
-                    with_network: bool = False) -> Iterator[dict[str, Any]]:
+def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | None]]) -> Iterator[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     images: list[torch.Tensor] = []
     framings: list[Framing] = []
@@ -85,9 +84,8 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
             if "error" not in result:
                 row, framing = next(answered)
                 given = decide(engine.model, row, framing)
-                result |= result_json(given.probabilities, engine.model.classes, given.confident, hand_json(framing))
-                if with_network:
-                    result["network"] = row
+                result |= result_json(given.probabilities, engine.model.classes, given.confident, hand_json(framing),
+                                      row)
     yield from results
 
 
@@ -102,18 +100,21 @@ def evaluate_folder(engine: Engine, folder: str | Path, batch_size: int = 64) ->
     unknown = sorted({label for _, label in labelled} - set(classes))
     if unknown:
         raise ValueError(f"{folder}: labels {unknown} are not the model's classes {classes}")
-    results = list(classify_files(engine, [(str(path), None) for path, _ in labelled], batch_size,
-                                  with_network=True))
+    results = list(classify_files(engine, [(str(path), None) for path, _ in labelled], batch_size))
     read = [(result, classes.index(label)) for result, (_, label) in zip(results, labelled) if "error" not in result]
     if not read:
         raise ValueError(f"{folder}: no photo could be read")
     labels = torch.tensor([label for _, label in read])
     answers = torch.tensor([[result["probabilities"][name] for name in classes] for result, _ in read])
-    network = torch.tensor([result["network"] for result, _ in read])
+    network = torch.tensor([[result["network"][name] for name in classes] for result, _ in read])
+    counts = [(result["hand"] or {}).get("fingers") for result, _ in read]
     summary = scores(answers, labels, classes, str(folder))
     for error in summary["errors"]:
         error["path"] = read[error["index"]][0]["path"]
     summary["network"] = scores(network, labels, classes, str(folder))
+    # the landmarks alone: the hand's reading's count, for SIGNS' classes (no hand read: wrong)
+    summary["landmarks_accuracy"] = (sum(count is not None and classes[label] == str(count)
+                                         for count, (_, label) in zip(counts, read)) / len(read))
     summary["hands_found"] = sum(bool(result["hand"] and result["hand"]["found"]) for result, _ in read) / len(read)
     summary["confident"] = sum(result["confident"] for result, _ in read) / len(read)
     summary["unreadable"] = len(results) - len(read)

@@ -145,7 +145,8 @@ async def predict_route(request: Request) -> JSONResponse:
         predictions = ranked(given.probabilities, engine.model.classes)
         results.append({"filename": name, "label": predictions[0]["label"],
                         "probability": predictions[0]["probability"], "confident": given.confident,
-                        "hand": hand_json(framings[index]), "predictions": predictions})
+                        "hand": hand_json(framings[index]), "predictions": predictions,
+                        "network": ranked(result.probabilities[index], engine.model.classes)})
         if pngs:
             results[-1]["image"] = pngs[index]
     body: dict[str, Any] = {"success": True}

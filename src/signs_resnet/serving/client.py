@@ -49,7 +49,8 @@ class RemoteModel:
         response = self._post(files)
         if response.status_code == 200:
             return [{"path": path} | result_json([p["probability"] for p in _in_class_order(result, self.classes)],
-                                            self.classes, result["confident"], result.get("hand"))
+                                            self.classes, result["confident"], result.get("hand"),
+                                            _network_of(result, self.classes))
                     for (path, _), result in zip(files, response.json()["results"])]
         error = _error_of(response)
         failed = IMAGE_ERROR.match(error["message"])
@@ -117,6 +118,14 @@ def classify_remote(model: RemoteModel, found: list[tuple[str, str | None]],
 
 def _in_class_order(result: dict[str, Any], classes: list[str]) -> list[dict[str, Any]]:
     by_label = {p["label"]: p for p in result["predictions"]}
+    return [by_label[name] for name in classes]
+
+
+def _network_of(result: dict[str, Any], classes: list[str]) -> list[float] | None:
+    """The network's own probabilities in class order, None from a server that does not send them."""
+    if not result.get("network"):
+        return None
+    by_label = {p["label"]: p["probability"] for p in result["network"]}
     return [by_label[name] for name in classes]
 
 

@@ -4,7 +4,8 @@
     GET  /v2/models/<name>, .../ready            the model: inputs, outputs, classes, max_images
          (each also as /v2/models/<name>/versions/<version>/..., the version the model checksum's first 12 digits)
     POST /v2/models/<name>/infer                 one input, "input" FP32 [N, 3, 64, 64] or "image" BYTES [N]
-      -> "probabilities" FP32 [N, classes], "label" BYTES [N], "confident" BOOL [N]   (tensors.py: what they hold)
+      -> "probabilities" FP32 [N, classes], "label" BYTES [N], "confident" BOOL [N], "network" FP32 [N, classes],
+         "hand_counts" FP32 [N, 6]   (tensors.py: what they hold)
 
 An infer body is JSON (with or without a JSON Content-Type), or, with the binary tensor data extension,
 JSON of `Inference-Header-Content-Length` bytes followed by each input's data in binary form (in input

@@ -19,22 +19,31 @@ class HandFound(BaseModel):
                                                      "the edges), the hand cut out of it onto SIGNS' background; "
                                                      "null: no hand, the whole photo")
     fingers: int | None = Field(None, ge=0, le=5,
-                                description="how many fingers, the thumb among them, the hand's points show held "
-                                            "out; it weighs the probabilities, and an answer of 1 to 5 counting "
-                                            "otherwise is not confident; null: no hand")
+                                description="the hand's reading: the most probable count of fingers held up, the "
+                                            "thumb among them (a fist or an O: 0); an answer counting otherwise is "
+                                            "not confident; null: no hand")
+    counts: list[float] | None = Field(None, description="the hand's reading: the probability of each count 0 to 5, "
+                                                         "which the answer combines with the network's")
+    fingers_up: list[float] | None = Field(None, description="each finger's probability of being held up: thumb, "
+                                                             "index, middle, ring, little")
+    o: float | None = Field(None, description="the probability that the hand makes an O (a 0)")
+    points: list[list[float]] | None = Field(None, description="the hand's 21 landmarks, x and y in the photo's "
+                                                               "pixels (MediaPipe's order: the wrist first)")
 
 
 class ImageResult(BaseModel):
     filename: str | None = None
     label: str = Field(description="the most probable class")
     probability: float
-    confident: bool = Field(description="whether a hand was found, its points show as many fingers as `label` counts, "
+    confident: bool = Field(description="whether a hand was found, its reading counts as many fingers as `label`, "
                                         "and `probability` reaches the model's confidence threshold, fixed on SIGNS "
                                         "data; an answer that is not confident is often wrong")
     hand: HandFound | None = Field(description="where the hand was found; null for a photo no larger than the model's "
                                                "input (64x64), which is read as it is")
-    predictions: list[Prediction] = Field(description="every class, most probable first: the network's probabilities, "
-                                                      "weighed by the hand's count of fingers where it has one")
+    predictions: list[Prediction] = Field(description="every class, most probable first: the network's probabilities "
+                                                      "combined with the hand's reading where it has one")
+    network: list[Prediction] | None = Field(None, description="the network's own probabilities, most probable first, "
+                                                               "before the hand's reading is combined with them")
     image: str | None = Field(None, description="with ?include_image=true: the 64x64 model input (the hand's square) as a PNG "
                                          "data URL")
 

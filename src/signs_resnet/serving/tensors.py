@@ -9,7 +9,9 @@ carriers into `InputTensor`s and hand them here, so each check is made once, wit
     hand's points show, as /predict's are: answer.decide, docs/accuracy.md, "The hand's count"; for
     "input", the network's own), "label" BYTES [N] and "confident" BOOL [N] (a hand was found, its points
     show the label's count of fingers and the top probability reaches the model's confidence threshold:
-    answer.is_confident, docs/accuracy.md, "Confidence")
+    answer.is_confident, docs/accuracy.md, "Confidence"), and the two parts the answer combines, so that a
+    client sees why: "network" FP32 [N, classes] (the network's own probabilities) and "hand_counts" FP32 [N, 6]
+    (the hand's reading: the probability of each count of fingers 0-5; all 0 where no hand was read)
 
 A tensor's data comes as the carrier has it: a list (JSON `data`: numbers, or base64 strings for BYTES;
 gRPC `contents`: numbers, or bytes), or in binary form (REST's binary extension, gRPC's
@@ -41,7 +43,7 @@ from signs_resnet.serving.errors import ApiError, decode_error
 from signs_resnet.serving.settings import ServeSettings
 
 INPUTS = {"input": "FP32", "image": "BYTES"}
-OUTPUTS = ("probabilities", "label", "confident")
+OUTPUTS = ("probabilities", "label", "confident", "network", "hand_counts")
 LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 
@@ -78,7 +80,9 @@ def model_metadata(engine: Engine) -> dict[str, Any]:
                    {"name": "image", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(engine.model.classes)]},
                     {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "confident", "datatype": "BOOL", "shape": [-1]}],
+                    {"name": "confident", "datatype": "BOOL", "shape": [-1]},
+                    {"name": "network", "datatype": "FP32", "shape": [-1, len(engine.model.classes)]},
+                    {"name": "hand_counts", "datatype": "FP32", "shape": [-1, 6]}],
     }
 
 
@@ -150,7 +154,12 @@ def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Seque
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
                                              [value for given in answers for value in given.probabilities]),
                "label": OutputTensor("label", "BYTES", [len(rows)], [given.label for given in answers]),
-               "confident": OutputTensor("confident", "BOOL", [len(rows)], [given.confident for given in answers])}
+               "confident": OutputTensor("confident", "BOOL", [len(rows)], [given.confident for given in answers]),
+               "network": OutputTensor("network", "FP32", [len(rows), len(model.classes)],
+                                       [value for row in rows for value in row]),
+               "hand_counts": OutputTensor("hand_counts", "FP32", [len(rows), 6],
+                                           [value for framing in framings
+                                            for value in (framing.reading.counts if framing.reading else [0.0] * 6)])}
     return [tensors[name] for name in requested or OUTPUTS]
 
 

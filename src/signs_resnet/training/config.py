@@ -28,6 +28,11 @@ class TrainConfig:
     # The top probability a confident answer needs (answer.is_confident), fixed on shifted val_signs photos in
     # the same hold-out run (docs/accuracy.md, "Confidence").
     confidence_threshold: float = 0.757
+    # An answer's probabilities are the network's ^ network_weight x the landmarks' ^ landmark_weight
+    # (answer.posterior), the weights fitted on shifted val_signs photos in the same hold-out run
+    # (docs/robustness.md, "The combination").
+    network_weight: float = 1.0
+    landmark_weight: float = 1.0
     augment: bool = True
     # The share of each batch composited onto procedural backgrounds (augment.py), falling to none by the last
     # step ("linear") so that SIGNS' own photos are not lost (docs/robustness.md, "The default: backgrounds,
@@ -58,6 +63,8 @@ def check_config(config: TrainConfig) -> None:
               ("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)"),
               ("temperature", config.temperature > 0, "above 0"),
               ("confidence_threshold", 0 <= config.confidence_threshold <= 1, "in [0, 1]"),
+              ("network_weight", config.network_weight >= 0, "at least 0"),
+              ("landmark_weight", config.landmark_weight >= 0, "at least 0"),
               ("background_probability", 0 <= config.background_probability <= 1, "in [0, 1]"),
               ("thumbless_probability", 0 <= config.thumbless_probability <= 1, "in [0, 1]"),
               ("checkpoint_every_s", config.checkpoint_every_s >= 0, "at least 0")]

@@ -298,6 +298,8 @@ def _fit(config: TrainConfig, context: distributed.Context, device: torch.device
     metadata = {
         "temperature": temperature,
         "confidence_threshold": config.confidence_threshold,
+        "network_weight": config.network_weight,
+        "landmark_weight": config.landmark_weight,
         "classes": train_set.classes,
         "input_shape": list(input_shape),
         "preprocessing": preprocess.PREPROCESSING,
