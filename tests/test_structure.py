@@ -13,7 +13,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "signs_resnet"
 WEB_STACK = {"fastapi", "starlette", "uvicorn", "prometheus_client", "multipart", "python_multipart", "grpc",
-             "swagger_ui_bundle"}
+             "swagger_ui_bundle", "websockets"}
 # What each part of the package may not import: the layers, lowest first (README, "Module map").
 FORBIDDEN = {
     "artifact": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
@@ -97,7 +97,8 @@ def test_each_layer_imports_only_below_it():
 def test_every_path_answers_through_the_one_rule():
     graph = package_imports()
     assert {module for module, targets in graph.items() if "answer" in targets} >= {
-        "serving.app", "serving.tensors", "inference.classify", "serving.client", "cli"}
+        "serving.photos", "serving.tensors", "inference.classify", "serving.client", "cli"}
+    assert "serving.photos" in graph["serving.app"] & graph["serving.stream"]  # /predict and /stream: one path
 
 
 def test_no_module_over_400_lines():

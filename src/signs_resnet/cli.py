@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-images", type=int, help=f"images per request (default: {serve_defaults.max_images})")
     serve.add_argument("--max-pixels", type=int,
                        help=f"refuse larger images before decoding (default: {serve_defaults.max_pixels})")
+    serve.add_argument("--max-streams", type=int, help="live-camera streams open at once at /stream; more are "
+                                                       f"refused (default: {serve_defaults.max_streams})")
     serve.add_argument("--request-timeout-s", type=float,
                        help="longest wait for a request's headers, then for its answer: 408 while the body is still "
                             f"arriving, else 503 (default: {serve_defaults.request_timeout_s:g})")

@@ -3,7 +3,8 @@
 The original's three parts are all here: `load_model` (model_file.py, once, at start-up by
 runtime.start_engine), `prepare_image` (the very function training uses, data/preprocess.py; `prepare` is
 it with where the hand was found) and `predict` (the route, `predict_route`, answering from the batched
-forward pass, batching.py, through the answer's one rule, answer.py). A request flows:
+forward pass, batching.py, through the answer's one rule, answer.py). A request flows (photos.py, the path
+/stream's frames take too):
 
     upload -> prepare: the hand found and cut out (decoding thread) -> Batcher queue
            -> forward_batch (inference thread) -> answer.decide -> probabilities, sorted, as JSON
@@ -12,20 +13,17 @@ The event loop only parses HTTP and moves bytes. What is refused before any work
 headers and bodies, slow requests, a missing API key) is in guards.py; every refusal is a JSON error
 (errors.py). Also served: /healthz, /readyz, /metrics (Prometheus, metrics.py), /docs (Swagger UI from
 the package's own files: no request leaves the machine), the web page at /, the Open Inference Protocol
-(KServe v2) over REST under /v2 (kserve.py) and, with a grpc_port, over gRPC (grpc_service.py).
-runner.py starts it all under uvicorn.
+(KServe v2) over REST under /v2 (kserve.py) and, with a grpc_port, over gRPC (grpc_service.py), and a
+live camera's frames over a WebSocket at /stream (stream.py). runner.py starts it all under uvicorn.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -34,24 +32,21 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match, Route, WebSocketRoute
 from swagger_ui_bundle import swagger_ui_path
 
 from signs_resnet import __version__
-from signs_resnet.answer import decide, hand_json, ranked
-from signs_resnet.data.decoding import ImageError, open_image
-from signs_resnet.data.preprocess import Framing
 from signs_resnet.inference.engines import Engine
 from signs_resnet.serving import kserve
-from signs_resnet.serving.errors import HTTP_CODES, ApiError, decode_error, error_response
+from signs_resnet.serving.errors import HTTP_CODES, ApiError, error_response
 from signs_resnet.serving.guards import LimitBody, RequestTimeout, api_key_check, bearer_token, check_api_key
 from signs_resnet.serving.metrics import Observe
-from signs_resnet.serving.runtime import INLINE_DECODE_MAX_PIXELS, AppRuntime, Runtime
+from signs_resnet.serving.photos import classify_photos
+from signs_resnet.serving.runtime import AppRuntime, Runtime
 from signs_resnet.serving.schemas import ErrorResponse, Health, PredictResponse, Readiness
 from signs_resnet.serving.settings import ServeSettings
-from signs_resnet.serving.tensors import prepare_images
+from signs_resnet.serving.stream import stream_route
 from signs_resnet.serving.uploads import image_uploads, multipart_boundary
 
 
@@ -68,14 +63,6 @@ class PlainRoute(Route):
 
 def _static_page() -> str:
     return resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
-
-
-def _png_data_url(image: torch.Tensor) -> str:
-    """The model input (3 x H x W in [0, 1]) back as 8-bit pixels: exactly what the model saw."""
-    pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 _FLAGS = {word: value for value, words in ((True, ("true", "t", "yes", "y", "on", "1")),
@@ -121,34 +108,8 @@ async def predict_route(request: Request) -> JSONResponse:
     runtime.ready_batcher().check_capacity()  # before reading the upload
     boundary = multipart_boundary(request.headers.get("content-type", ""))
     uploads = image_uploads(boundary, await request.body(), settings.max_images)
-    engine = runtime.ready_engine()
-
-    opened = []  # headers only: format and size (refused here when over max_pixels)
-    for index, (name, blob) in enumerate(uploads):
-        try:
-            opened.append(open_image(blob, settings.max_pixels))
-        except ImageError as error:
-            raise decode_error(index, name, error) from None
-
-    def prepare_all() -> tuple[torch.Tensor, tuple[list[Framing], list[str] | None]]:
-        images, framings = prepare_images(opened, engine.model.image_size, settings.max_pixels,
-                                          [name for name, _ in uploads])
-        return images, (framings, [_png_data_url(image) for image in images] if include_image else None)
-
-    # Small photos decode on the event loop; never one the hand finder's two networks would run on.
-    inline = (sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS
-              and all(max(image.size) <= engine.model.image_size for image in opened))
-    (framings, pngs), result, decode_seconds = await runtime.classify(prepare_all, len(uploads), inline)
-    results = []
-    for index, (name, _) in enumerate(uploads):
-        given = decide(engine.model, result.probabilities[index], framings[index])
-        predictions = ranked(given.probabilities, engine.model.classes)
-        results.append({"filename": name, "label": predictions[0]["label"],
-                        "probability": predictions[0]["probability"], "confident": given.confident,
-                        "hand": hand_json(framings[index]), "predictions": predictions,
-                        "network": ranked(result.probabilities[index], engine.model.classes)})
-        if pngs:
-            results[-1]["image"] = pngs[index]
+    results, result, decode_seconds = await classify_photos(runtime, uploads, include_image)
+    results = [{"filename": name} | answer for (name, _), answer in zip(uploads, results)]
     body: dict[str, Any] = {"success": True}
     if len(results) == 1:
         body["predictions"] = results[0]["predictions"]
@@ -254,6 +215,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
                            response_model_exclude_none=True, openapi_extra=PREDICT_DOCS, responses=errors,
                            dependencies=protected)]
     app.include_router(router)
+    app.router.routes.append(WebSocketRoute("/stream", stream_route))
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
     app.include_router(kserve.health_router)
     app.include_router(kserve.model_router, dependencies=protected)

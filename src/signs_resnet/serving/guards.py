@@ -5,6 +5,7 @@
     LimitBody        request bodies over max_upload_bytes -> 413 (by Content-Length, else while streaming)
     RequestTimeout   no answer within the timeout -> 408 while the body is still arriving, else 503
     check_api_key    prediction routes without the API key -> 401 (api_key_check: as a FastAPI dependency)
+    origin_allowed   WebSockets from other sites' pages (stream.py closes them with 1008, as a missing key)
 
 Every refusal is a JSON error in the shape of errors.py.
 """
@@ -212,12 +213,27 @@ def check_api_key(api_key: str, header_key: str | None, bearer: str | None) -> N
     """Raise ApiError 401 unless `X-API-Key: KEY` or `Authorization: Bearer KEY` carried `api_key`
     (compared in constant time)."""
     supplied = [key for key in (header_key, bearer) if key]
-    # headers arrive decoded as latin-1, so encoding back gives the bytes that were sent
-    if any(hmac.compare_digest(key.encode("latin-1"), api_key.encode()) for key in supplied):
+    if any(key_matches(api_key, key) for key in supplied):
         return
     reason = "wrong API key" if supplied else "missing API key"
     raise ApiError(401, "unauthorized", f"{reason}: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
                    {"WWW-Authenticate": "Bearer"})
+
+
+def key_matches(api_key: str, supplied: str) -> bool:
+    """Whether `supplied` (a header's text, decoded as latin-1, or a query parameter's, as UTF-8) is `api_key`,
+    compared in constant time. The key is printable ASCII (settings.validate), so it has the same bytes in
+    either encoding, and any other character makes a wrong key, never an error."""
+    return hmac.compare_digest(supplied.encode("utf-8", "surrogatepass"), api_key.encode())
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """Whether a browser page at `origin` (its Origin header) may open a WebSocket to this server (reached as
+    `host`, its Host header). WebSockets are outside CORS, so this keeps CORS's rule for them: the server's own
+    pages and the `cors_origins` list (or "*"); clients that are not browsers send no Origin."""
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    return origin.partition("://")[2] == host
 
 
 def bearer_token(authorization: str | None) -> str | None:

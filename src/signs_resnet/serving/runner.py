@@ -49,7 +49,11 @@ def run(settings: ServeSettings) -> None:
                "log_level": settings.log_level, "access_log": settings.access_log, "loop": "uvloop",
                "http": functools.partial(HttpProtocol, header_timeout=settings.request_timeout_s),
                # in-flight requests are answered within request_timeout_s (or timed out): wait that long
-               "timeout_graceful_shutdown": settings.request_timeout_s}
+               "timeout_graceful_shutdown": settings.request_timeout_s,
+               # /stream: a frame up to twice max_upload_bytes is read and answered with payload_too_large, so a
+               # client just over the limit hears why; a larger message ends the stream (1009, message too big)
+               "ws": "websockets-sansio", "ws_max_size": 2 * settings.max_upload_bytes,
+               "ws_per_message_deflate": False}  # frames are compressed images: deflating them costs CPU for nothing
     if settings.workers == 1:
         uvicorn.run(create_app(settings, start_engine(settings)), **options)
         return

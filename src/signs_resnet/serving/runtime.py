@@ -76,6 +76,7 @@ class Runtime:
     info: ModelInfo | None = None
     info_json: dict[str, Any] | None = None  # `info` as the answers carry it, built once
     ready: bool = False  # loaded and warmed up: the batcher runs
+    open_streams: int = 0  # live-camera streams open now at /stream (stream.py), at most settings.max_streams
     decoder: ThreadPoolExecutor = field(init=False)
     _warming: asyncio.Task | None = field(default=None, init=False, repr=False)
 

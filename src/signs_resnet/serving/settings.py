@@ -34,6 +34,7 @@ class ServeSettings:
     max_upload_bytes: int = 10 * 1024 * 1024  # request body limit -> 413
     max_images: int = 64  # images per request
     max_pixels: int = decoding.MAX_PIXELS  # refuse larger images before decoding them
+    max_streams: int = 8  # live-camera WebSocket streams open at once at /stream, per process; more -> close 1013
     request_timeout_s: float = 30.0  # longest wait for a request's headers, and then for its answer
     api_key: str = ""  # when set, the prediction routes need it (X-API-Key or Authorization: Bearer)
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; empty: no CORS
@@ -70,7 +71,7 @@ class ServeSettings:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         for name in ("workers", "max_batch_size", "max_queue", "max_upload_bytes", "max_images", "max_pixels",
-                     "decode_threads"):
+                     "max_streams", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
