@@ -80,7 +80,7 @@ REFERENCE_COPIES = 4  # shifted copies of each val_signs photo
 TARGETS = {"crops": 0.93, "frames": 0.95, "real_class": 0.85, "crops_found": 0.96, "test_median": 0.983,
            "test_min": 0.975, "ece": 0.06, "confident_accuracy": 0.98, "confident_coverage": 0.75, "parts": 0.005}
 # The combination's weights are searched on this grid (answer.posterior: p_net^a x p_count^b).
-WEIGHTS = [round(0.05 * i, 2) for i in range(41)]
+WEIGHTS = [round(0.05 * i, 2) for i in range(61)]  # 0 to 3
 
 
 @dataclasses.dataclass

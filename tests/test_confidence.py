@@ -319,4 +319,8 @@ def test_the_web_page_says_when_it_is_not_confident(server, tmp_path):
         assert page.is_visible("#count") is counted_otherwise
         if counted_otherwise:
             assert "shows 5 fingers" in page.inner_text("#count") and page.is_visible("#unsure")
+        # why: the network's own answer and the hand's reading, each finger it sees held up
+        why = page.inner_text("#parts")
+        assert "the network alone:" in why and "the hand's reading: 5" in why
+        assert "up: thumb, index, middle, ring, little" in why
         browser.close()
