@@ -131,6 +131,9 @@ def test_a_hand_without_its_thumb_keeps_every_other_point():
     assert np.array_equal(folded.points[[0, 1, *range(5, 21)]], points[[0, 1, *range(5, 21)]])
     assert (folded.points[2:5] == points[1]).all() and (folded.world[2:5] == world[1]).all()
     assert np.array_equal(folded.world[5:], world[5:])
+    no_index = geometry.Hand(points, 0.9, world).without_fingers((1,))  # the index folded onto its knuckle
+    assert (no_index.points[6:9] == points[5]).all() and (no_index.world[6:9] == world[5]).all()
+    assert np.array_equal(no_index.points[[*range(0, 6), *range(9, 21)]], points[[*range(0, 6), *range(9, 21)]])
 
 
 def test_an_open_hand_in_a_phone_photo_shows_five_fingers(sample_jpg):

@@ -104,6 +104,15 @@ def test_the_benchmark_weighs_answers_by_the_count_as_the_product_does(model_fil
     assert photos.landmarks(model.classes)[0].argmax() == 4 and not photos.landmarks(model.classes)[1:].any()
 
 
+def test_other_ways_paint_out_fingers_the_class_holds_up_and_count_what_is_left():
+    """OTHER_WAYS: each painted finger is one its SIGNS class holds up (1: index; 2: and middle; 3: and thumb;
+    4: the four fingers; 5: all), and the new label is the count left."""
+    held_up = {"1": {1}, "2": {1, 2}, "3": {0, 1, 2}, "4": {1, 2, 3, 4}, "5": {0, 1, 2, 3, 4}}
+    for name, ways in robustness.OTHER_WAYS.items():
+        for fingers, count in ways:
+            assert set(fingers) <= held_up[name] and int(count) == int(name) - len(fingers)
+
+
 def test_the_combination_is_fitted_to_trust_the_part_that_earned_it():
     """fit_combination on a synthetic case: the network confidently wrong on a third of the photos, the reading
     modestly right on all. The weights found trust the reading; the answers they give beat the network and lose

@@ -57,14 +57,21 @@ class Hand:
             return None
         return finger_reading().read(self.points, self.world)
 
-    def without_thumb(self) -> Hand:
-        """The same hand with its thumb folded away: the thumb's three outer points moved onto its base."""
+    def without_fingers(self, fingers: tuple[int, ...]) -> Hand:
+        """The same hand with the given fingers folded away (0: the thumb, 1: the index ... 4: the little
+        finger): each one's three outer points moved onto its base (the thumb's first joint, a finger's knuckle)."""
         points = self.points.copy()
-        points[2:5] = points[1]
         world = None if self.world is None else self.world.copy()
-        if world is not None:
-            world[2:5] = world[1]
+        for finger in fingers:
+            base = 1 if finger == 0 else 4 * finger + 1
+            points[base + 1:base + 4] = points[base]
+            if world is not None:
+                world[base + 1:base + 4] = world[base]
         return Hand(points, self.score, world)
+
+    def without_thumb(self) -> Hand:
+        """The same hand with its thumb folded away (without_fingers((0,)))."""
+        return self.without_fingers((0,))
 
     def silhouette(self, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> Image.Image:
         """The hand's shape drawn from its points, as a soft 8-bit mask of an image `size` whose top left is

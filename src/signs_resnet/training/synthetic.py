@@ -43,8 +43,16 @@ def thumbless_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tenso
     """Square training photos (uint8 N x 3 x S x S) with the thumb painted out, and which of them had a hand
     found (the others come back as they are). A SIGNS "5" without its thumb is a "4" as people show it, the
     thumb folded out of sight, which SIGNS' own 4s (thumb across the palm) never show (docs/robustness.md,
-    "A 5 without its thumb"). Each photo is enlarged `factor` times for the landmark models; the thumb's
-    shape (Hand.silhouette less Hand.without_thumb's) is drawn there, reduced to the photo and filled with
+    "A 5 without its thumb")."""
+    return fingers_painted_out(images, (0,), factor)
+
+
+def fingers_painted_out(images: torch.Tensor, fingers: tuple[int, ...],
+                        factor: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Square photos (uint8 N x 3 x S x S) with the given fingers painted out (0: the thumb ... 4: the little
+    finger), and which of them had a hand found (the others come back as they are): a count shown with other
+    fingers than SIGNS shows it. Each photo is enlarged `factor` times for the landmark models; the fingers'
+    shape (Hand.silhouette less Hand.without_fingers') is drawn there, reduced to the photo and filled with
     the wall around the hand: a blur of the photo weighted away from the hand's silhouette."""
     if len(images) == 0:
         return images, torch.zeros(0, dtype=torch.bool)
@@ -55,22 +63,22 @@ def thumbless_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tenso
         hand = find_hand(Image.fromarray(image.permute(1, 2, 0).numpy()).resize(big, Image.Resampling.BICUBIC))
         if hand is None:
             return None
-        whole, rest = hand.silhouette(big), hand.without_thumb().silhouette(big)
-        thumb = ImageChops.subtract(whole, rest, scale=0.5)  # twice the difference: the thumb's edge too
-        thumb = thumb.filter(ImageFilter.MaxFilter(2 * factor + 1)).resize((size, size), Image.Resampling.BOX)
-        return (np.asarray(thumb, np.float32) / 255,
+        whole, rest = hand.silhouette(big), hand.without_fingers(fingers).silhouette(big)
+        gone = ImageChops.subtract(whole, rest, scale=0.5)  # twice the difference: the fingers' edge too
+        gone = gone.filter(ImageFilter.MaxFilter(2 * factor + 1)).resize((size, size), Image.Resampling.BOX)
+        return (np.asarray(gone, np.float32) / 255,
                 np.asarray(whole.resize((size, size), Image.Resampling.BOX), np.float32) / 255)
 
     done = [masks(image) for image in images.cpu()]  # one thread: a few seconds, at every training's start
     found = torch.tensor([m is not None for m in done], dtype=torch.bool)
     empty = np.zeros((size, size), np.float32)
-    thumb = torch.from_numpy(np.stack([m[0] if m else empty for m in done]))[:, None]
-    hand = torch.maximum(torch.from_numpy(np.stack([m[1] if m else empty for m in done]))[:, None], thumb)
+    gone = torch.from_numpy(np.stack([m[0] if m else empty for m in done]))[:, None]
+    hand = torch.maximum(torch.from_numpy(np.stack([m[1] if m else empty for m in done]))[:, None], gone)
     photos = images.cpu().float()
     away = (1 - hand) ** 4  # the wall's weight: nothing on the hand, nothing near its blurred edge
     sigma = torch.full((len(photos),), WALL_BLUR * size)
     wall = gaussian_blur(photos * away, sigma) / gaussian_blur(away, sigma).clamp(min=1e-4)
-    painted = photos * (1 - thumb) + wall * thumb
+    painted = photos * (1 - gone) + wall * gone
     return painted.round().clamp(0, 255).to(torch.uint8), found
 
 
