@@ -264,3 +264,38 @@ def test_the_python_example_in_api_md_runs_against_the_server(server, sample_jpg
     lines = [line.split() for line in result.stdout.splitlines()]
     assert [line[0] for line in lines] == ["1", "2"]
     assert all(line[1] in "012345" and line[2] in ("True", "False") for line in lines), lines
+
+
+@pytest.mark.slow  # a server of its own
+def test_https_and_wss_with_the_servers_own_certificate(uniform_model_file, sample_jpg, tmp_path):
+    """`signs serve --ssl-certfile/--ssl-keyfile`: the page and /predict over HTTPS, /stream over WSS, checked
+    against the certificate (a phone's browser gives the camera only to a secure page); plain HTTP gets no
+    answer on that port; one file without the other is refused before serving."""
+    import ssl
+
+    import httpx
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    server = start_server(uniform_model_file, tmp_path / "server.log", "--engine", "torch-fp32",
+                          "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    try:
+        assert server.url.startswith("https://")
+        with server.client(verify=trusted) as client:
+            assert "Use camera" in client.get("/").text
+            predicted = client.post("/predict", files={"image": ("s.jpg", sample_jpg.read_bytes())}).json()
+        with connect(server.url.replace("https://", "wss://") + "/stream", ssl=trusted) as stream:
+            stream.send(sample_jpg.read_bytes())
+            answer = json.loads(stream.recv(timeout=60))
+        assert answer["label"] == predicted["results"][0]["label"] == "5"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(server.url.replace("https://", "http://") + "/healthz", timeout=5)
+    finally:
+        server.stop()
+    refused = subprocess.run([sys.executable, "-m", "signs_resnet", "serve", "--model", str(uniform_model_file),
+                              "--ssl-certfile", str(cert)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert refused.returncode != 0 and "ssl_certfile and ssl_keyfile go together" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: none, open)")
     serve.add_argument("--cors-origins", help="comma-separated origins whose web pages may call the API "
                                               "(default: none, no CORS headers)")
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM), with --ssl-keyfile: a phone's "
+                                              "browser gives the live camera only to a secure page (default: HTTP)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     serve.add_argument("--model-name", help=f"Open Inference Protocol name (default: {serve_defaults.model_name})")
     serve.add_argument("--access-log", action="store_true", default=None,
                        help="log every request (default: off)")

@@ -54,6 +54,8 @@ def run(settings: ServeSettings) -> None:
                # client just over the limit hears why; a larger message ends the stream (1009, message too big)
                "ws": "websockets-sansio", "ws_max_size": 2 * settings.max_upload_bytes,
                "ws_per_message_deflate": False}  # frames are compressed images: deflating them costs CPU for nothing
+    if settings.ssl_certfile:
+        options |= {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
     if settings.workers == 1:
         uvicorn.run(create_app(settings, start_engine(settings)), **options)
         return

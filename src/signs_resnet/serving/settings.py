@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from signs_resnet.data import decoding
@@ -38,6 +39,10 @@ class ServeSettings:
     request_timeout_s: float = 30.0  # longest wait for a request's headers, and then for its answer
     api_key: str = ""  # when set, the prediction routes need it (X-API-Key or Authorization: Bearer)
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; empty: no CORS
+    # HTTPS with this certificate and key (PEM), uvicorn's own TLS: browsers give a page the camera only when it
+    # is secure, and a phone reaches the server by a LAN address, not localhost (docs/operations.md)
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
     model_name: str = "signs-resnet50"  # the name in the Open Inference Protocol paths
     access_log: bool = False
     log_level: str = "info"
@@ -85,6 +90,11 @@ class ServeSettings:
             raise ValueError(f"request_timeout_s must be more than 0, got {self.request_timeout_s}")
         if self.api_key and not (self.api_key.isascii() and self.api_key.isprintable() and " " not in self.api_key):
             raise ValueError("api_key must be printable ASCII without spaces (it travels in an HTTP header)")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: give both, or neither for plain HTTP")
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name}: {getattr(self, name)}: no such file")
         for origin in self.cors_origin_list:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"cors_origins: {origin!r} is not an origin like https://example.com (or *)")
