@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: none, no CORS headers)")
     serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM), with --ssl-keyfile: a phone's "
                                               "browser gives the live camera only to a secure page (default: HTTP)")
-    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM), with --ssl-certfile (default: none)")
     serve.add_argument("--model-name", help=f"Open Inference Protocol name (default: {serve_defaults.model_name})")
     serve.add_argument("--access-log", action="store_true", default=None,
                        help="log every request (default: off)")
