@@ -127,7 +127,7 @@ def test_training_photos_are_cut_out_as_a_prediction_reads_them_enlarged():
 def test_a_hand_without_its_thumb_keeps_every_other_point():
     points = np.arange(42, dtype=np.float32).reshape(21, 2)
     world = np.arange(63, dtype=np.float32).reshape(21, 3)
-    folded = geometry.Hand(points, 0.9, world).without_thumb()
+    folded = geometry.Hand(points, 0.9, world).without_fingers((0,))  # the thumb
     assert np.array_equal(folded.points[[0, 1, *range(5, 21)]], points[[0, 1, *range(5, 21)]])
     assert (folded.points[2:5] == points[1]).all() and (folded.world[2:5] == world[1]).all()
     assert np.array_equal(folded.world[5:], world[5:])

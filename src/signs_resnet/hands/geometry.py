@@ -69,10 +69,6 @@ class Hand:
                 world[base + 1:base + 4] = world[base]
         return Hand(points, self.score, world)
 
-    def without_thumb(self) -> Hand:
-        """The same hand with its thumb folded away (without_fingers((0,)))."""
-        return self.without_fingers((0,))
-
     def silhouette(self, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> Image.Image:
         """The hand's shape drawn from its points, as a soft 8-bit mask of an image `size` whose top left is
         at `offset` in the photo: the palm, each bone as wide as a finger (the knuckles' spacing), the forearm
