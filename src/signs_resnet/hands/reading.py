@@ -146,9 +146,8 @@ class FingerReading:
         """For K hands (K x 21 x 2 photo points, K x 21 x 3 world points): the fingers' probabilities of being
         held up (K x 5), the O's (K) and the counts' (K x 6); NaN rows where the points are degenerate."""
         values = features(points, world)
-        thumb = self.thumb(np.stack([values[name] for name in self.thumb.names], -1))
-        fingers = self.finger(values["finger_reach"][..., None])
-        o = self.o(np.stack([values[name] for name in self.o.names], -1))
+        thumb, fingers, o = (model(np.stack([values[name] for name in model.names], -1))
+                             for model in (self.thumb, self.finger, self.o))  # fingers: K x 4, one per finger
         up = np.concatenate([thumb[:, None], fingers], 1)
         counts = count_probabilities(up, o)
         bad = ~(np.isfinite(up).all(1) & np.isfinite(o) & np.isfinite(counts).all(1))
