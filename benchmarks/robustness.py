@@ -105,7 +105,7 @@ class PhotoSet:
         return torch.tensor([self.framing(i).hand_found for i in range(len(self.labels))])
 
     def posterior(self, model, probabilities: torch.Tensor) -> torch.Tensor:
-        """The product's answers: the network's probabilities weighed by each photo's hand's count of fingers
+        """The product's answers: the network's probabilities combined with each photo's hand's reading
         (answer.posterior)."""
         return torch.tensor([answer.posterior(model, row, self.framing(i)) for i, row in enumerate(probabilities.tolist())])
 
@@ -272,19 +272,19 @@ def prepared_set(name: str, sources: list, labels: torch.Tensor, size: int,
                     [framing for _, framing in prepared])
 
 
-def enlarged_set(name: str, photos: datasets.Dataset, factor: int = 4) -> PhotoSet:
-    """SIGNS photos enlarged `factor` times (bicubic), then through the product's preprocessing: as a camera at
-    a higher resolution would give them, so the hand finder frames them and counts their fingers. How the
-    user's path treats SIGNS' own photos, measured on photos the model did not see (the test split; val_signs
-    for a hold-out model, though the count's table, reading.COUNT_LIKELIHOOD, was counted on all 1080 training
-    photos, val_signs among them)."""
+def enlarged_set(name: str, images: torch.Tensor, labels: torch.Tensor, factor: int = 4) -> PhotoSet:
+    """Photos (uint8 N x 3 x S x S) enlarged `factor` times (bicubic), then through the product's preprocessing:
+    as a camera at a higher resolution would give them, so the hand finder frames them and reads their fingers.
+    How the user's path treats SIGNS' own photos, measured on photos the model did not see (the test split;
+    val_signs for a hold-out model, though the hand's reading was fitted on all 1080 training photos, val_signs
+    among them)."""
     from PIL import Image
 
-    size = photos.images.shape[2]
+    size = images.shape[2]
     enlarged = [Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size * factor, size * factor),
                                                                         Image.Resampling.BICUBIC)
-                for image in photos.images]
-    return prepared_set(f"{name} x{factor}", enlarged, photos.labels, size)
+                for image in images]
+    return prepared_set(f"{name} x{factor}", enlarged, labels, size)
 
 
 def held_out(model) -> bool:
@@ -297,10 +297,10 @@ def signs_sets(model, data_path: str | None) -> tuple[list[PhotoSet], datasets.D
     val_signs photos for the confidence rule."""
     splits = datasets.load_splits(data_path, hold_out_validation=True, classes=model.classes)
     sets = [PhotoSet("test_signs.h5", preprocess.scale(splits.test.images), splits.test.labels),
-            enlarged_set("test_signs.h5", splits.test)]
+            enlarged_set("test_signs.h5", splits.test.images, splits.test.labels)]
     if held_out(model):
         sets += [PhotoSet("val_signs", preprocess.scale(splits.val.images), splits.val.labels),
-                 enlarged_set("val_signs", splits.val)]
+                 enlarged_set("val_signs", splits.val.images, splits.val.labels)]
     return sets, splits.val
 
 
@@ -324,16 +324,12 @@ def shifted_reference(val: datasets.Dataset, copies: int = REFERENCE_COPIES, fac
     procedural backgrounds and augmented like training photos (seeded: light, blur, framing), enlarged `factor`
     times and read as the product reads a photo (the hand found, cut out and read): SIGNS photos shifted as real
     photos are, built from SIGNS alone."""
-    from PIL import Image
-
     generator = torch.Generator().manual_seed(0)
     others, other_labels = other_ways(val)
     images = torch.cat([preprocess.scale(val.images).repeat(copies, 1, 1, 1), preprocess.scale(others)])
     images = augment(composite_backgrounds(images, AugmentConfig(background_probability=1.0), generator), generator)
-    pixels = (images * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    size = images.shape[-1]
-    photos = [Image.fromarray(p).resize((size * factor, size * factor), Image.Resampling.BICUBIC) for p in pixels]
-    return prepared_set("shifted val_signs", photos, torch.cat([val.labels.repeat(copies), other_labels]), size)
+    pixels = (images * 255).round().clamp(0, 255).byte()
+    return enlarged_set("shifted val_signs", pixels, torch.cat([val.labels.repeat(copies), other_labels]), factor)
 
 
 # --- grids ------------------------------------------------------------------------------------
