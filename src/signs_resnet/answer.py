@@ -21,7 +21,7 @@ from signs_resnet.model_file import LoadedModel
 
 @dataclass(frozen=True)
 class Answer:
-    """One photo's answer (decide): its class probabilities (weighed by the hand's count), the most probable
+    """One photo's answer (decide): its class probabilities (the network's combined with the hand's reading), the most probable
     class, and whether the answer is confident."""
 
     probabilities: list[float]
@@ -74,7 +74,7 @@ def is_confident(model: LoadedModel, probabilities: list[float], framing: Framin
 
 def decide(model: LoadedModel, probabilities: list[float], framing: Framing) -> Answer:
     """The answer to one photo from the network's probabilities and where its hand was found: weighed by the
-    hand's count once (posterior), then judged by the confidence rule (is_confident). Every path that answers a
+    hand's reading once (posterior), then judged by the confidence rule (is_confident). Every path that answers a
     photo answers through this."""
     weighed = posterior(model, probabilities, framing)
     best = max(range(len(weighed)), key=weighed.__getitem__)

@@ -90,11 +90,11 @@ def _classify_batch(engine: Engine, batch: list[tuple[str, str | None, Future | 
 
 
 def evaluate_folder(engine: Engine, folder: str | Path, batch_size: int = 64) -> dict[str, Any]:
-    """The product's answers (classify_files: the hand found and cut out, the count weighing the network) on a
-    folder of labelled photos (class subfolders, or file names starting with the class), scored against their
-    labels (scores.scores); beside them the network's own answers ("network") and the share of photos whose
-    hand was found ("hands_found"); each error names its file ("path"). Unreadable files are counted in
-    "unreadable", not scored."""
+    """The product's answers (classify_files: the hand found and cut out, its reading combined with the
+    network) on a folder of labelled photos (class subfolders, or file names starting with the class), scored
+    against their labels (scores.scores); beside them the network's own answers ("network"), the hand's
+    reading's ("landmarks_accuracy") and the share of photos whose hand was found ("hands_found"); each error
+    names its file ("path"). Unreadable files are counted in "unreadable", not scored."""
     classes = engine.model.classes
     labelled = labelled_files([Path(folder)])
     unknown = sorted({label for _, label in labelled} - set(classes))

@@ -5,10 +5,10 @@ carriers into `InputTensor`s and hand them here, so each check is made once, wit
 
     "input" FP32 [N, 3, 64, 64]: images already prepared (preprocess.prepare_image: RGB scaled to [0, 1])
     "image" BYTES [N]: image files (JPEG, PNG, ...), prepared here exactly as /predict does (the hand found)
- -> "probabilities" FP32 [N, classes] (for "image" files, the network's weighed by the count of fingers the
-    hand's points show, as /predict's are: answer.decide, docs/accuracy.md, "The hand's count"; for
-    "input", the network's own), "label" BYTES [N] and "confident" BOOL [N] (a hand was found, its points
-    show the label's count of fingers and the top probability reaches the model's confidence threshold:
+ -> "probabilities" FP32 [N, classes] (for "image" files, the network's combined with the hand's reading,
+    as /predict's are: answer.decide, docs/robustness.md, "The combination"; for "input", the network's
+    own), "label" BYTES [N] and "confident" BOOL [N] (a hand was found, its reading counts the label's
+    fingers and the top probability reaches the model's confidence threshold:
     answer.is_confident, docs/accuracy.md, "Confidence"), and the two parts the answer combines, so that a
     client sees why: "network" FP32 [N, classes] (the network's own probabilities) and "hand_counts" FP32 [N, 6]
     (the hand's reading: the probability of each count of fingers 0-5; all 0 where no hand was read)
@@ -149,7 +149,7 @@ def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels
 def output_tensors(rows: list[list[float]], model: LoadedModel, requested: Sequence[str],
                    framings: Sequence[Framing]) -> list[OutputTensor]:
     """The requested outputs (all when none are) of the batch's rows of probabilities; `framings`: where
-    each image's hand was found (images_of), whose count weighs each row (answer.decide)."""
+    each image's hand was found (images_of), whose reading is combined with each row (answer.decide)."""
     answers = [decide(model, row, framing) for row, framing in zip(rows, framings)]
     tensors = {"probabilities": OutputTensor("probabilities", "FP32", [len(rows), len(model.classes)],
                                              [value for given in answers for value in given.probabilities]),
