@@ -3,7 +3,8 @@
 Every engine maps float images N x 3 x H x W in [0, 1] (what `preprocess.prepare_image` returns) to class
 probabilities N x classes, for the same trained model:
 
-    auto           openvino-int8 when the model's int8 graph is beside it, else openvino
+    auto           openvino-int8 when the model's int8 graph is beside it, else openvino; for a job of fewer
+                   than OPENVINO_FROM photos (`signs predict` on a few files), torch-fp32
     openvino-int8  OpenVINO on the int8 graph `signs export --format onnx-int8` wrote beside the model
                    (model.int8.onnx, exported from this very model); int8 kernels on AMX/VNNI
     openvino       OpenVINO, converted from the PyTorch model at start-up; on CPUs with AMX or
@@ -34,6 +35,9 @@ from signs_resnet.model_file import LoadedModel
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "openvino-int8", "openvino", "onnx", "torch-bf16", "torch-fp32")
+# Converting the network for OpenVINO takes seconds at start, which its faster batches pay back only over
+# hundreds of photos in one run: `auto` runs smaller jobs in eager PyTorch (docs/performance.md, "Bulk prediction").
+OPENVINO_FROM = 500
 
 
 @dataclass
@@ -47,8 +51,10 @@ class Engine:
         return f"{self.name} ({self.precision})"
 
 
-def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int = 256) -> Engine:
-    """`model` ready to run on engine `name` with `threads` threads (0: one per core)."""
+def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int = 256,
+                photos: int | None = None) -> Engine:
+    """`model` ready to run on engine `name` with `threads` threads (0: one per core); `photos`, where known, is
+    how many photos the job holds (a server's is unbounded)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)}")
     if threads:
@@ -62,7 +68,7 @@ def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int
         if name == "openvino-int8":
             raise ValueError(f"{model.path}: no int8 graph of this model beside it; write one with "
                              f"`signs export --model {model.path} --format onnx-int8`")
-        name = "openvino"
+        name = "torch-fp32" if photos is not None and photos < OPENVINO_FROM else "openvino"
     if name == "openvino":
         return _openvino(model, threads)
     if name == "onnx":
