@@ -114,14 +114,25 @@ def serve_command(model: str, port: int, *options: str) -> list[str]:
     return [sys.executable, "-m", "signs_resnet", "serve", "--model", model, "--port", str(port), *options]
 
 
-def start(command: list[str], port: int, log: Path, timeout: float = 180) -> subprocess.Popen:
-    """Start a server and return once its /readyz answers 200."""
+class ServerFailed(RuntimeError):
+    """A server that exited or never became ready; the message ends with its log's last lines."""
+
+
+def log_tail(log: Path, lines: int = 20) -> str:
+    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join(f"    {line}" for line in text[-lines:]) or "    (empty)"
+
+
+def start(command: list[str], port: int, log: Path, timeout: float = 180, env: dict[str, str] | None = None,
+          cwd: Path = ROOT) -> subprocess.Popen:
+    """Start a server and return once its /readyz answers 200; ServerFailed, with its log's tail, if it does not."""
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{command[:4]} exited with {process.returncode}; see {log}")
+            raise ServerFailed(f"{' '.join(command[1:4])} exited with {process.returncode}; the end of {log}:\n"
+                               f"{log_tail(log)}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
                 if response.status == 200:
@@ -130,7 +141,17 @@ def start(command: list[str], port: int, log: Path, timeout: float = 180) -> sub
             pass
         time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"{command[:4]} not ready after {timeout} s; see {log}")
+    process.wait()
+    raise ServerFailed(f"{' '.join(command[1:4])} not ready after {timeout:g} s; the end of {log}:\n{log_tail(log)}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --- the load generator ---------------------------------------------------------------------------
@@ -305,11 +326,17 @@ def main() -> None:
                          *(["--grpc-port", str(grpc_port)] if grpc_levels else []))
     if args.noop_engine:
         ours = [sys.executable, __file__, "--model", args.model, "--noop-server", str(ours_port)]
-    servers = {"ours": (ours_port, start(ours, ours_port, logs / "serve_load_ours.log"))}
-    if not args.skip_baseline:
-        servers["baseline"] = (baseline_port, start(
-            [sys.executable, __file__, "--model", args.model, "--baseline-server", str(baseline_port)],
-            baseline_port, logs / "serve_load_baseline.log"))
+    servers: dict[str, tuple[int, subprocess.Popen]] = {}
+    try:
+        servers["ours"] = (ours_port, start(ours, ours_port, logs / "serve_load_ours.log"))
+        if not args.skip_baseline:
+            servers["baseline"] = (baseline_port, start(
+                [sys.executable, __file__, "--model", args.model, "--baseline-server", str(baseline_port)],
+                baseline_port, logs / "serve_load_baseline.log"))
+    except ServerFailed as error:
+        for _, process in servers.values():
+            stop(process)
+        sys.exit(f"serve_load: {error}")
     ours_name = "a no-op forward pass" if args.noop_engine else f"signs serve {args.serve_args}".rstrip()
     print(f"image {image_path.name} ({len(image)} bytes), {args.runs} runs x {args.seconds:g} s per level, "
           f"{os.cpu_count()} CPUs; ours: {ours_name}", flush=True)
@@ -335,8 +362,7 @@ def main() -> None:
                           file=sys.stderr, flush=True)
     finally:
         for _, process in servers.values():
-            process.terminate()
-            process.wait(15)
+            stop(process)
 
     print(f"\n{'server':<10}{'conc.':>6}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
           f"{'vs baseline':>13}")
