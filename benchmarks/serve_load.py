@@ -22,6 +22,13 @@ asyncio on uvloop with pre-built request bytes (tens of microseconds per request
 takes little CPU from the servers. Photo by photo and level by level, the servers alternate, and each figure is
 the median over `runs` runs.
 
+`--compare-tree FOLDER` adds a row `tree:<short rev>`: the same `signs serve` (with --serve-args) run from
+another source tree as `PYTHONPATH=FOLDER/src python -m signs_resnet serve`, measured beside ours in the same run.
+An old commit, for instance:
+
+    git worktree add ../old <commit>
+    .venv/bin/python benchmarks/serve_load.py --model runs/default/model.safetensors --compare-tree ../old
+
 The gRPC row (`ours-grpc`, levels `--grpc-concurrency`) is the same server started with --grpc-port,
 sent the same photo as the Open Inference Protocol's ModelInfer (a BYTES "image" input in
 raw_input_contents, as tritonclient sends it) by `concurrency` calls in flight on one grpc.aio channel,
@@ -130,6 +137,31 @@ class ServerFailed(RuntimeError):
 def log_tail(log: Path, lines: int = 20) -> str:
     text = log.read_text(errors="replace").splitlines() if log.exists() else []
     return "\n".join(f"    {line}" for line in text[-lines:]) or "    (empty)"
+
+
+def revision(folder: Path) -> str:
+    """The short git revision of a source tree, with + when it has uncommitted changes; "" outside git."""
+    git = ["git", "-C", str(folder)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return f"{commit}{'+' if changes.stdout.strip() else ''}" if commit else ""
+
+
+def tree_server(tree: str, model: str, port: int, *options: str) -> tuple[str, list[str], dict[str, str], Path]:
+    """`signs serve` from another source tree (an old commit's git worktree): its row's name (tree:<short rev>,
+    + when it has uncommitted changes), command, environment and folder; ValueError when it is not a source tree."""
+    folder = Path(tree).resolve()
+    if not (folder / "src" / "signs_resnet" / "__init__.py").is_file():
+        raise ValueError(f"--compare-tree {tree}: no src/signs_resnet/ in it (a checkout of this project?)")
+    env = os.environ | {"PYTHONPATH": str(folder / "src")}  # before the venv's install, editable or not
+    where = "import importlib.util as u; print(u.find_spec('signs_resnet').origin)"
+    found = subprocess.run([sys.executable, "-c", where], capture_output=True, text=True, env=env, cwd=folder)
+    found = found.stdout.strip()
+    if not found or not Path(found).resolve().is_relative_to(folder):
+        raise ValueError(f"--compare-tree {tree}: Python imports signs_resnet from {found or 'nowhere'}, not from it")
+    name = f"tree:{revision(folder) or folder.name}"
+    model_path = str((ROOT / model).resolve())  # as our server reads it (from ROOT), though it runs from `folder`
+    return name, serve_command(model_path, port, *options), env, folder
 
 
 def start(command: list[str], port: int, log: Path, timeout: float = 180, env: dict[str, str] | None = None,
@@ -288,13 +320,14 @@ async def one_connection(port: int, request: bytes, stop_at: float, record_from:
         writer.close()
 
 
-async def warm_up(port: int, request: bytes, timeout: float = 120) -> None:
-    """One request, not measured: a server's first real photo loads the hand models (seconds)."""
+async def warm_up(port: int, request: bytes, timeout: float = 120) -> int:
+    """One request, not measured, its status: a server's first real photo loads the hand models (seconds)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        await asyncio.wait_for(exchange(reader, writer, request), timeout)
+        status, _ = await asyncio.wait_for(exchange(reader, writer, request), timeout)
     finally:
         writer.close()
+    return status
 
 
 async def drive(port: int, request: bytes, concurrency: int, seconds: float, warmup: float,
@@ -369,6 +402,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-concurrency", default="1,16",
                         help="levels of the gRPC row; empty: no gRPC row")
     parser.add_argument("--serve-args", default="", help="extra `signs serve` options for our server")
+    parser.add_argument("--compare-tree", action="append", default=[], metavar="FOLDER",
+                        help="also `signs serve` from this source tree (e.g. an old commit's git worktree), with "
+                             "--serve-args, as the row tree:<short rev>; repeatable")
     parser.add_argument("--noop-engine", action="store_true",
                         help="our server with a forward pass that costs nothing: the HTTP side's ceiling")
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -394,8 +430,11 @@ def measure(args: argparse.Namespace, servers: dict[str, int], grpc_port: int | 
     rows = {name: args.levels for name in servers} | ({"ours-grpc": args.grpc_levels} if grpc_port else {})
     results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     for name, port in servers.items():
-        for path, image in args.photos.values():
-            asyncio.run(warm_up(port, multipart_request(port, image, path.name)))
+        for photo_name, (path, image) in args.photos.items():
+            status = asyncio.run(warm_up(port, multipart_request(port, image, path.name)))
+            if status != 200:  # measured all the same: its errors column will say so
+                print(f"warning: {name} answered {photo_name} ({path}) with HTTP {status}; its log is in "
+                      f"{os.environ.get('TMPDIR', '/tmp')}", file=sys.stderr, flush=True)
     for run in range(args.runs):
         for photo_name, (path, image) in args.photos.items():
             for concurrency in sorted({c for levels in rows.values() for c in levels}):
@@ -467,20 +506,30 @@ def main() -> None:
                          *(["--grpc-port", str(grpc_port)] if grpc_port else []))
     if args.noop_engine:
         ours = [sys.executable, __file__, "--model", args.model, "--noop-server", str(ours_port)]
+    try:
+        trees = [tree_server(tree, args.model, free_port(), *args.serve_args.split()) for tree in args.compare_tree]
+    except ValueError as error:
+        sys.exit(f"serve_load: {error}")
     processes: dict[str, subprocess.Popen] = {}
+    servers = {"ours": ours_port}
     try:
         processes["ours"] = start(ours, ours_port, logs / "serve_load_ours.log")
+        for name, command, env, folder in trees:
+            port = int(command[command.index("--port") + 1])
+            log = logs / f"serve_load_{name.replace(':', '_')}.log"
+            processes[name], servers[name] = start(command, port, log, env=env, cwd=folder), port
         if not args.skip_baseline:
             processes["baseline"] = start(
                 [sys.executable, __file__, "--model", args.model, "--baseline-server", str(baseline_port)],
                 baseline_port, logs / "serve_load_baseline.log")
+            servers["baseline"] = baseline_port
     except ServerFailed as error:
         for process in processes.values():
             stop(process)
         sys.exit(f"serve_load: {error}")
-    servers = {"ours": ours_port} | ({"baseline": baseline_port} if "baseline" in processes else {})
 
     ours_name = "a no-op forward pass" if args.noop_engine else f"signs serve {args.serve_args}".rstrip()
+    ours_name += f" at {revision(ROOT) or ROOT}" + "".join(f"; {name}: {folder}" for name, _, _, folder in trees)
     rows = len(args.levels) * len(servers) + len(args.grpc_levels)
     seconds = args.runs * len(args.photos) * rows * (args.seconds + args.warmup)
     duration = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
