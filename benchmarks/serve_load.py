@@ -255,6 +255,11 @@ def multipart_request(port: int, image: bytes, filename: str) -> bytes:
     return head.encode() + body
 
 
+def percentile(values: list[float], p: float) -> float:
+    """The `p`th percentile of sorted `values` (nearest rank); nan when there are none."""
+    return values[min(len(values) - 1, int(p / 100 * len(values)))] if values else float("nan")
+
+
 @dataclass
 class Tally:
     """What the requests of one load run got (those started after the warm-up)."""
@@ -266,13 +271,9 @@ class Tally:
 
     def summary(self, seconds: float) -> dict:
         latencies = sorted(self.latencies)
-
-        def percentile(p: float) -> float:
-            return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else float("nan")
-
         errors = sum(n for status, n in self.statuses.items() if status != 200) + sum(self.failures.values())
         return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
-                "p50": percentile(50), "p95": percentile(95), "p99": percentile(99)}
+                **{f"p{p}": percentile(latencies, p) * 1000 for p in (50, 95, 99)}}
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, dict]:
