@@ -321,13 +321,17 @@ async def one_connection(port: int, request: bytes, stop_at: float, record_from:
         writer.close()
 
 
-async def warm_up(port: int, request: bytes, timeout: float = 120) -> int:
-    """One request, not measured, its status: a server's first real photo loads the hand models (seconds)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def warm_up(port: int, request: bytes, timeout: float = 120) -> int | str:
+    """One request, not measured: its status, or why it got none. A server's first real photo loads the hand
+    models (seconds)."""
     try:
-        status, _ = await asyncio.wait_for(exchange(reader, writer, request), timeout)
-    finally:
-        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            status, _ = await asyncio.wait_for(exchange(reader, writer, request), timeout)
+        finally:
+            writer.close()
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as error:
+        return f"no answer ({type(error).__name__})"
     return status
 
 
@@ -434,7 +438,7 @@ def measure(args: argparse.Namespace, servers: dict[str, int], grpc_port: int | 
         for photo_name, (path, image) in args.photos.items():
             status = asyncio.run(warm_up(port, multipart_request(port, image, path.name)))
             if status != 200:  # measured all the same: its errors column will say so
-                print(f"warning: {name} answered {photo_name} ({path}) with HTTP {status}; its log is in "
+                print(f"warning: {name} gave {photo_name} ({path}) HTTP {status}; its log is in "
                       f"{os.environ.get('TMPDIR', '/tmp')}", file=sys.stderr, flush=True)
     for run in range(args.runs):
         for photo_name, (path, image) in args.photos.items():
