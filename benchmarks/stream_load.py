@@ -1,0 +1,310 @@
+"""Streaming load test: live cameras on /stream, the WebSocket of the real server, on 127.0.0.1.
+
+    .venv/bin/python benchmarks/stream_load.py --model runs/default/model.safetensors      # or: make bench
+
+(about a minute: 2 levels x 3 runs x (10 + 1) s). Options: `--clients 1,4,8`, `--fps 30`, `--seconds`, `--runs`,
+`--serve-args "--engine openvino"`, `--api-key KEY`, `--json`.
+
+Starts `python -m signs_resnet serve` as a subprocess on a free loopback port (as serve_load.py does), then, level
+by level, that many WebSocket clients, each a webcam streaming 640x480 JPEG frames: a sequence of the 400x300
+frames of real/hands_frames/, class by class (so the answer changes from frame to frame), enlarged to 640x480 and
+encoded at the live page's quality. Each client sends its next frame when the answer to the previous arrives (a
+closed loop, as the live page does), or with `--fps N` one frame every 1/N s whatever the answers (a camera sending
+every frame: the server drops the stale ones, which the dropped column counts). Per level, the medians over `--runs` of:
+answered frames/s per client (the median client), round-trip and server (`server_ms`) p50/p95 over every answered
+frame, dropped frames and errors, beside issue 39's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serve_load import SHARED, ServerFailed, free_port, percentile, serve_command, start, stop
+
+FRAMES = SHARED / "real" / "hands_frames"
+FRAME_SIZE = (640, 480)  # what browsers' cameras give by default, and the live page sends at most 640 wide
+JPEG_QUALITY = 80  # the live page's canvas.toBlob("image/jpeg", 0.8)
+# Issue 39, "real photos served fast": answered frames/s for one client and for each of four, the server's p50.
+TARGET_FPS = {1: 20.0, 4: 8.0}
+TARGET_SERVER_P50_MS = 8.0
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+
+def camera_frames(folder: Path, count: int) -> list[bytes]:
+    """`count` 640x480 JPEGs made of the photos in `folder`'s class folders, one class after another (the first
+    photo of each class, then the second of each...)."""
+    from PIL import Image
+
+    classes = sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
+    photos = [sorted(path.glob("*.jpg")) for path in classes]
+    photos = [files for files in photos if files]
+    if not photos:
+        raise FileNotFoundError(f"{folder}: no class folders (0/, 1/, ...) of .jpg photos")
+    frames = []
+    for index in range(count):
+        files = photos[index % len(photos)]
+        path = files[index // len(photos) % len(files)]
+        out = io.BytesIO()
+        Image.open(path).convert("RGB").resize(FRAME_SIZE, Image.BILINEAR).save(out, "JPEG", quality=JPEG_QUALITY)
+        frames.append(out.getvalue())
+    return frames
+
+
+# --- clients --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientTally:
+    """What one client's frames sent after the warm-up got."""
+
+    sent: int = 0
+    round_trips: list[float] = field(default_factory=list)  # ms from sending a frame to its answer, answered frames
+    server_ms: list[float] = field(default_factory=list)  # the answers' own server_ms
+    error_answers: Counter = field(default_factory=Counter)  # frames answered with an error, by its code
+    failures: Counter = field(default_factory=Counter)  # "timeout" (no answer in time), or why the stream ended
+
+    @property
+    def answered(self) -> int:
+        return len(self.round_trips)
+
+
+def failure_name(error: BaseException) -> str:
+    """A short name for a stream that failed: the close code and reason the server gave, else the error's type."""
+    from websockets.exceptions import ConnectionClosed
+
+    if isinstance(error, ConnectionClosed) and error.rcvd is not None:
+        return f"closed {error.rcvd.code}: {error.rcvd.reason}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+async def one_client(url: str, frames: list[bytes], fps: float | None, record_from: float, stop_at: float,
+                     tally: ClientTally, timeout: float = 30) -> None:
+    """One camera: frames in turn until `stop_at`, each the moment the previous is answered (or, with `fps`, at
+    the camera's next tick); answers are matched to frames by their number, since dropped frames get none."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    sent_at: dict[int, float] = {}  # frame number -> when it was sent, until its answer comes
+    answered = asyncio.Event()  # set on every answer, and when the stream ends
+    receiving = True
+
+    async def receive(stream) -> None:
+        nonlocal receiving
+        try:
+            async for message in stream:
+                now, answer = time.perf_counter(), json.loads(message)
+                begun = sent_at.pop(answer["frame"], None)
+                if begun is not None and begun >= record_from:
+                    if "error" in answer:
+                        tally.error_answers[answer["error"]["code"]] += 1
+                    else:
+                        tally.round_trips.append((now - begun) * 1000)
+                        tally.server_ms.append(answer["server_ms"])
+                answered.set()
+        finally:
+            receiving = False
+            answered.set()
+
+    async def answer_to(number: int) -> None:
+        while number in sent_at and receiving:
+            answered.clear()
+            await answered.wait()
+
+    try:
+        # websockets' default permessage-deflate is kept: browsers negotiate it too
+        async with connect(url, open_timeout=timeout, close_timeout=5) as stream:
+            receiver = asyncio.create_task(receive(stream))
+            number, started = 0, time.perf_counter()
+            while time.perf_counter() < stop_at and not receiver.done():
+                number += 1
+                sent_at[number] = time.perf_counter()
+                await stream.send(frames[(number - 1) % len(frames)])
+                tally.sent += sent_at[number] >= record_from
+                if fps:  # a camera skips the ticks it was too busy for rather than catching up
+                    next_tick = started + math.floor((time.perf_counter() - started) * fps + 1) / fps
+                    await asyncio.sleep(next_tick - time.perf_counter())
+                    continue
+                try:
+                    await asyncio.wait_for(answer_to(number), timeout)
+                except asyncio.TimeoutError:
+                    tally.failures["timeout"] += record_from <= sent_at.get(number, 0)
+            try:  # the last frame sent is always answered: wait for it
+                await asyncio.wait_for(answer_to(number), timeout)
+            except asyncio.TimeoutError:
+                tally.failures["timeout"] += 1
+            if not receiver.done():
+                receiver.cancel()
+            elif receiver.exception():
+                raise receiver.exception()
+    except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as error:
+        tally.failures[failure_name(error)] += 1
+
+
+async def drive_streams(url: str, frames: list[bytes], clients: int, fps: float | None, seconds: float,
+                        warmup: float) -> list[ClientTally]:
+    """`clients` cameras at once for warmup + seconds; each one's tally of the measured part."""
+    tallies = [ClientTally() for _ in range(clients)]
+    record_from = time.perf_counter() + warmup
+    await asyncio.gather(*(one_client(url, frames[i:] + frames[:i], fps, record_from, record_from + seconds, tally)
+                           for i, tally in enumerate(tallies)))  # each camera starts at another frame
+    return tallies
+
+
+def level_summary(tallies: list[ClientTally], seconds: float) -> dict[str, float]:
+    round_trips = sorted(ms for tally in tallies for ms in tally.round_trips)
+    server_ms = sorted(ms for tally in tallies for ms in tally.server_ms)
+    error_answers = sum(sum(tally.error_answers.values()) for tally in tallies)
+    return {"fps": statistics.median(tally.answered / seconds for tally in tallies),
+            "fps_min": min(tally.answered / seconds for tally in tallies),
+            "rtt_p50": percentile(round_trips, 50), "rtt_p95": percentile(round_trips, 95),
+            "server_p50": percentile(server_ms, 50), "server_p95": percentile(server_ms, 95),
+            "dropped": sum(tally.sent - tally.answered for tally in tallies) - error_answers,
+            "errors": error_answers + sum(sum(tally.failures.values()) for tally in tallies)}
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The machine's CPU model, from /proc/cpuinfo, else lscpu, else what Python knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "an unknown CPU"
+
+
+def print_table(medians: dict[int, dict[str, float]], fps: float | None) -> None:
+    print(f"\n{'clients':>7}{'frames/s each':>15}{'slowest':>9}{'rtt p50 ms':>12}{'rtt p95 ms':>12}"
+          f"{'server p50':>12}{'server p95':>12}{'dropped':>9}{'errors':>8}")
+    for clients, m in medians.items():
+        print(f"{clients:>7}{m['fps']:>15.1f}{m['fps_min']:>9.1f}{m['rtt_p50']:>12.2f}{m['rtt_p95']:>12.2f}"
+              f"{m['server_p50']:>12.2f}{m['server_p95']:>12.2f}{m['dropped']:>9.0f}{m['errors']:>8.0f}")
+    print("\ntargets (issue 39):" + (f" (at --fps {fps:g}, no client can answer more than that)" if fps else ""))
+    for clients, target in TARGET_FPS.items():
+        if clients in medians:
+            got = medians[clients]["fps"]
+            print(f"  {clients} client{'s' * (clients > 1)}: {got:.1f} answered frames/s each, target >= {target:g}: "
+                  f"{'met' if got >= target else 'NOT met'}")
+    for clients, m in medians.items():
+        print(f"  server time p50, {clients} client{'s' * (clients > 1)}: {m['server_p50']:.2f} ms, target <= "
+              f"{TARGET_SERVER_P50_MS:g} ms: {'met' if m['server_p50'] <= TARGET_SERVER_P50_MS else 'NOT met'}")
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="runs/default/model.safetensors")
+    parser.add_argument("--clients", default="1,4", help="levels: how many cameras stream at once")
+    parser.add_argument("--fps", type=float, help="send every 1/FPS s whatever the answers (default: the next "
+                                                   "frame when the previous is answered)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per level and run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each level")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=12, help="distinct frames in each camera's sequence")
+    parser.add_argument("--frames-dir", type=Path, default=FRAMES, help="class folders of photos to make them of")
+    parser.add_argument("--serve-args", default="", help="extra `signs serve` options")
+    parser.add_argument("--api-key", help="start the server with this SIGNS_API_KEY; clients send it as ?api_key=")
+    parser.add_argument("--json", action="store_true", help="end with one line of JSON: the medians by level")
+    args = parser.parse_args(argv)
+    try:
+        args.levels = [int(c) for c in args.clients.split(",")]
+    except ValueError:
+        parser.error("--clients takes whole numbers separated by commas, e.g. 1,4")
+    if min(args.levels) < 1 or args.frames < 1 or args.runs < 1 or (args.fps is not None and args.fps <= 0):
+        parser.error("--clients, --frames, --runs and --fps must be positive")
+    return args
+
+
+async def first_answers(url: str, frames: list[bytes], timeout: float = 120) -> str | None:
+    """Send each frame once, unmeasured (the first loads the hand models): why the server cannot be measured, or
+    None when every frame was answered without an error."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    try:
+        async with connect(url, open_timeout=timeout, close_timeout=5) as stream:
+            for frame in frames:
+                await stream.send(frame)
+                answer = json.loads(await asyncio.wait_for(stream.recv(), timeout))
+                if "error" in answer:
+                    return f"a frame was answered with {answer['error']}"
+    except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as error:
+        return failure_name(error)
+    return None
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        frames = camera_frames(args.frames_dir, args.frames)
+    except (OSError, ValueError) as error:
+        sys.exit(f"stream_load: {error}")
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+
+    port = free_port()
+    command = serve_command(args.model, port, "--max-streams", str(max(args.levels)), *args.serve_args.split())
+    env = os.environ | ({"SIGNS_API_KEY": args.api_key} if args.api_key else {})
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "stream_load_server.log"
+    try:
+        server = start(command, port, log, env=env)
+    except ServerFailed as error:
+        sys.exit(f"stream_load: {error}")
+    url = f"ws://127.0.0.1:{port}/stream" + (f"?api_key={args.api_key}" if args.api_key else "")
+    mode = f"a frame every 1/{args.fps:g} s" if args.fps else "the next frame when the previous is answered"
+    print(f"CPU: {cpu_name()} x {os.cpu_count()}; {args.runs} runs x {args.seconds:g} s per level; "
+          f"{len(frames)} frames of {FRAME_SIZE[0]}x{FRAME_SIZE[1]} JPEG (mean {sum(map(len, frames)) // len(frames)} "
+          f"bytes) from {args.frames_dir}; {mode}; signs serve {args.serve_args}".rstrip(), flush=True)
+    results: dict[int, list[dict[str, float]]] = {clients: [] for clients in args.levels}
+    try:
+        if problem := asyncio.run(first_answers(url, frames)):
+            sys.exit(f"stream_load: the server did not answer the frames: {problem}; its log is {log}")
+        for run in range(args.runs):
+            for clients in args.levels:
+                tallies = asyncio.run(drive_streams(url, frames, clients, args.fps, args.seconds, args.warmup))
+                result = level_summary(tallies, args.seconds)
+                results[clients].append(result)
+                errors = sum((tally.error_answers + tally.failures for tally in tallies), Counter())
+                print(f"  run {run + 1} clients={clients:<3} {result['fps']:6.1f} frames/s each  rtt p50 "
+                      f"{result['rtt_p50']:7.2f} ms  server p50 {result['server_p50']:7.2f} ms  dropped "
+                      f"{result['dropped']}  errors {dict(errors) or 0}", file=sys.stderr, flush=True)
+    finally:
+        stop(server)
+    medians = {clients: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+               | {"errors": sum(run["errors"] for run in runs)} for clients, runs in results.items()}
+    print_table(medians, args.fps)
+    if args.json:
+        print(json.dumps({"cpu": cpu_name(), "cpus": os.cpu_count(), "levels": medians}))
+
+
+if __name__ == "__main__":
+    main()
