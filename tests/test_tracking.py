@@ -164,7 +164,8 @@ def test_track_0_answers_every_frame_as_predict_does(server):
         assert answer["probability"] == pytest.approx(result["probability"], abs=1e-4)
 
 
-@pytest.mark.parametrize("query", ["?track=maybe", "?track="])
+@pytest.mark.parametrize("query", ["?track=maybe", "?track=", "?track=" + "%E2%82%AC" * 50],
+                         ids=["word", "empty", "long, not ASCII"])
 def test_a_bad_track_parameter_closes_the_stream_saying_why(server, query):
     with open_stream(server, query) as stream:
         code, reason = closed_with(stream)

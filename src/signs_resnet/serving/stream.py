@@ -97,7 +97,7 @@ async def stream_route(websocket: WebSocket) -> None:
     runtime.open_streams += 1  # no await since _refusal counted: no other stream can have taken the last place
     metrics.streams.inc()
     try:
-        await _serve(websocket, runtime, StreamState(TRACK_VALUES[websocket.query_params.get("track", "1").lower()]))
+        await _serve(websocket, runtime, StreamState(_tracking(websocket)))
     finally:
         runtime.open_streams -= 1
         metrics.streams.dec()
@@ -116,13 +116,17 @@ def _refusal(websocket: WebSocket, runtime: Runtime) -> tuple[str, int, str] | N
     if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
                           settings.cors_origin_list):
         return "origin", POLICY_VIOLATION, "a page from another origin; the server's --cors-origins can allow it"
-    track = websocket.query_params.get("track", "1")
-    if track.lower() not in TRACK_VALUES:
-        return "query", POLICY_VIOLATION, f"?track= takes 1 or 0 (true or false), not {track[:40]!r}"
+    if _tracking(websocket) is None:  # the value is not echoed: a close reason holds at most 123 bytes
+        return "query", POLICY_VIOLATION, "?track= takes 1 or 0 (true or false)"
     if runtime.open_streams >= settings.max_streams:
         return ("limit", TRY_AGAIN_LATER,
                 f"the server has {settings.max_streams} streams open, its limit; retry shortly")
     return None
+
+
+def _tracking(websocket: WebSocket) -> bool | None:
+    """Whether the stream tracks the hand: ?track=, on by default; None for a value it does not take."""
+    return TRACK_VALUES.get(websocket.query_params.get("track", "1").lower())
 
 
 async def _serve(websocket: WebSocket, runtime: Runtime, state: StreamState) -> None:
