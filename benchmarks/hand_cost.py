@@ -38,7 +38,7 @@ def photos() -> dict[str, bytes]:
             "1080x1440 phone photo (sample.jpg)": (SHARED / "samples" / "sample.jpg").read_bytes()}
 
 
-def whole_photo(image, size=preprocess.IMAGE_SIZE):
+def whole_photo(image, size=preprocess.IMAGE_SIZE, previous=None):
     return image, preprocess.Framing()
 
 

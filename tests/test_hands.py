@@ -408,7 +408,7 @@ def test_a_hand_seen_from_the_side_keeps_a_body_and_degenerate_points_do_not_fai
 
 def found(points: np.ndarray):
     """A stand-in for the finder that finds these points in any photo (for geometry the models never give)."""
-    return lambda image: geometry.Hand(np.asarray(points, np.float32), 0.9)
+    return lambda image, previous=None: geometry.Hand(np.asarray(points, np.float32), 0.9)
 
 
 def test_points_off_the_photo_are_no_hand_even_when_their_square_reaches_into_it(monkeypatch):

@@ -99,13 +99,13 @@ def test_frames_are_answered_as_predict_answers_the_same_photos(server, sample_j
             response = client.post("/predict", files=[("image", ("photo.jpg", photo, "image/jpeg"))])
             assert response.status_code == 200, response.text
             expected.append(response.json()["results"][0])
-    with open_stream(server) as stream:
+    with open_stream(server, f"?api_key={KEY}&track=0") as stream:  # every frame's hand found as /predict finds it
         answers = [ask(stream, photo) for photo in photos]
     assert [answer["frame"] for answer in answers] == [1, 2, 3]
     for answer, result in zip(answers, expected):
-        # what /predict's result holds, from the same code: every key but the filename, plus frame and server_ms
-        assert set(answer) == set(result) - {"filename"} | {"frame", "server_ms"}
-        assert answer["server_ms"] > 0
+        # what /predict's result holds, from the same code: every key but the filename, plus the stream's own
+        assert set(answer) == set(result) - {"filename"} | {"frame", "tracked", "shown", "server_ms"}
+        assert answer["server_ms"] > 0 and answer["tracked"] is False
         assert (answer["label"], answer["confident"], answer["hand"]) == (result["label"], result["confident"],
                                                                           result["hand"])
         assert answer["probability"] == pytest.approx(result["probability"], abs=1e-4)

@@ -24,6 +24,7 @@ FORBIDDEN = {
     "model_file": {"hands", "data", "answer", "training", "inference", "serving", "cli"},
     "data": {"model_file", "answer", "training", "inference", "serving", "cli"},
     "answer": {"training", "inference", "serving", "cli"},
+    "smoothing": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
     "training": {"answer", "inference", "serving", "cli"},
     "inference": {"training", "serving", "cli"},
     "serving": {"training", "cli"},

@@ -62,13 +62,15 @@ class Framing:
     (left, top, right, bottom in the photo's pixels after EXIF orientation; it may reach past the edges,
     painted like the background), None when it read the whole photo; `reading`: what the hand's points show
     (Hand.reading: each finger held up, an O, each count's probability), None without a hand; `points`: the
-    hand's 21 landmarks (x, y in the same pixels as `crop`), None without a hand."""
+    hand's 21 landmarks (x, y in the same pixels as `crop`), None without a hand; `tracked`: the hand was found
+    where the previous frame's points had it (a stream's), without the palm detector (HandFinder.find)."""
 
     searched: bool = False
     score: float | None = None
     crop: tuple[int, int, int, int] | None = None
     reading: Reading | None = None
     points: tuple[tuple[float, float], ...] | None = None
+    tracked: bool = False
 
     @property
     def fingers(self) -> int | None:
@@ -100,12 +102,14 @@ def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], siz
     return canvas
 
 
-def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image, Framing]:
+def frame_hand(image: Image.Image, size: int = IMAGE_SIZE,
+               previous: np.ndarray | None = None) -> tuple[Image.Image, Framing]:
     """An oriented RGB photo as the network reads it: the hand (hands/) cut out onto SIGNS' background in
-    a square around it, or the photo whole when it is no larger than `size` or has no hand."""
+    a square around it, or the photo whole when it is no larger than `size` or has no hand. `previous`: the
+    hand's points in the frame before, in this photo's pixels, where it is looked for first."""
     if max(image.size) <= size:
         return image, Framing()
-    hand = find_hand(image)
+    hand = find_hand(image, previous)
     if hand is None:
         return image, Framing(searched=True)
     left, top, right, bottom = hand.box
@@ -113,13 +117,14 @@ def frame_hand(image: Image.Image, size: int = IMAGE_SIZE) -> tuple[Image.Image,
         return image, Framing(searched=True)  # points off the photo: no hand in it
     box = hand.square()
     points = tuple((float(x), float(y)) for x, y in hand.points)
-    return _cut_out(image, hand, box, size), Framing(True, hand.score, box, hand.reading(), points)
+    return _cut_out(image, hand, box, size), Framing(True, hand.score, box, hand.reading(), points, hand.tracked)
 
 
 def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
-          max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Framing]:
+          max_pixels: int = MAX_PIXELS, previous: np.ndarray | None = None) -> tuple[np.ndarray, Framing]:
     """Decode, apply EXIF orientation, convert to RGB, cut the hand out, pad to square, resize:
-    uint8 size x size x 3, and where the network looked."""
+    uint8 size x size x 3, and where the network looked. `previous`: the hand's 21 points (x, y) in the frame
+    before, in the same pixels as Framing.points, where the hand is looked for first (a stream's tracking)."""
     name = str(source) if isinstance(source, (str, Path)) else "image"
     image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
     try:
@@ -130,7 +135,9 @@ def frame(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE
             image.draft("RGB", (size * 8, size * 8))
         reduction = full_size / max(image.size)
         image = _to_rgb(ImageOps.exif_transpose(image))
-        image, framing = frame_hand(image, size)
+        if previous is not None:  # into the pixels of the photo as decoded (a big JPEG's reduced draft)
+            previous = np.asarray(previous, dtype=np.float32) / reduction
+        image, framing = frame_hand(image, size, previous)
         if framing.crop is not None and reduction != 1:
             framing = replace(framing, crop=tuple(round(v * reduction) for v in framing.crop),
                               points=tuple((x * reduction, y * reduction) for x, y in framing.points))
@@ -163,9 +170,10 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 
 
 def prepare(source: str | Path | bytes | BinaryIO | Image.Image, size: int = IMAGE_SIZE,
-            max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, Framing]:
-    """One image to the model's input, float32 3 x size x size in [0, 1], and where the network looked."""
-    pixels, framing = frame(source, size, max_pixels)
+            max_pixels: int = MAX_PIXELS, previous: np.ndarray | None = None) -> tuple[torch.Tensor, Framing]:
+    """One image to the model's input, float32 3 x size x size in [0, 1], and where the network looked;
+    `previous`: the hand's points in the frame before, where it is looked for first (`frame`)."""
+    pixels, framing = frame(source, size, max_pixels, previous)
     return scale(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0))[0], framing
 
 

@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import threading
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,11 @@ MIN_PRESENCE = 0.5
 PALM_TO_HAND_SCALE, PALM_TO_HAND_SHIFT = 2.6, 0.5
 NMS_OVERLAP = 0.3
 ROOM = 2.0  # the second search's square, in the photo's long sides
+# MediaPipe's square for the next video frame from a hand's landmarks (its hand_landmark_landmarks_to_roi): the
+# box around the wrist, the palm and each finger's first two joints, turned upright, doubled, moved a tenth of
+# its height towards the fingers, squared on its long side.
+TRACK_POINTS = (0, 1, 2, 3, 5, 6, 9, 10, 13, 14, 17, 18)
+TRACK_SCALE, TRACK_SHIFT = 2.0, 0.1
 
 
 def _anchors() -> np.ndarray:
@@ -68,17 +74,32 @@ class HandFinder:
             self._local.landmarks = self._landmarks.create_infer_request()
         return self._local.palm, self._local.landmarks
 
-    def find(self, image: Image.Image) -> Hand | None:
-        """The most likely hand in a photo, or None when there is none."""
+    def find(self, image: Image.Image, previous: np.ndarray | None = None) -> Hand | None:
+        """The most likely hand in a photo, or None when there is none. `previous`: the hand's 21 points in the
+        frame before (a stream's), looked at first as MediaPipe's video mode does: the landmark model alone reads
+        the square around them, and the palm detector runs only when no hand is there (the hand comes back
+        `tracked`)."""
         image = image if image.mode == "RGB" else image.convert("RGB")
         palm_request, landmark_request = self._requests()
+        region = None if previous is None else region_from_points(previous)
+        if region is not None:
+            hand = self._hand_in(image, landmark_request, *region)
+            if hand is not None:
+                return replace(hand, tracked=True)
         # A hand that fills the photo leaves the palm detector no room: searched again with the photo at half
         # the detector's square, the rest black (docs/robustness.md, "Finding the hand").
         palm = self._best_palm(image, palm_request) or self._best_palm(image, palm_request, room=ROOM)
         if palm is None:
             return None
         centre, side, angle, palm_score = palm
-        # The landmark model reads the palm's square, turned upright: map its pixels back to the photo's.
+        return self._hand_in(image, landmark_request, centre, side, angle, palm_score)
+
+    def _hand_in(self, image: Image.Image, request, centre: np.ndarray, side: float, angle: float,
+                 palm_score: float = 1.0) -> Hand | None:
+        """The landmark model's hand in a square of the photo (centre in pixels, side, the angle that turns its
+        fingers up), its score the hand's presence times `palm_score`; None when its presence is under
+        MIN_PRESENCE."""
+        # The landmark model reads the square turned upright: map its pixels back to the photo's.
         scale = side / LANDMARK_INPUT
         cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
         x0 = centre[0] - (cos - sin) * LANDMARK_INPUT / 2
@@ -86,7 +107,7 @@ class HandFinder:
         affine = (cos, -sin, x0, sin, cos, y0)
         patch = image.transform((LANDMARK_INPUT, LANDMARK_INPUT), Image.Transform.AFFINE, affine,
                                 Image.Resampling.BILINEAR)
-        outputs = landmark_request.infer([np.asarray(patch, dtype=np.float32)[None] / 255])
+        outputs = request.infer([np.asarray(patch, dtype=np.float32)[None] / 255])
         landmarks = outputs[self._outputs["landmarks"]].reshape(21, 3)[:, :2]
         presence = float(outputs[self._outputs["presence"]].reshape(-1)[0])
         points = np.stack([cos * landmarks[:, 0] - sin * landmarks[:, 1] + x0,
@@ -142,6 +163,33 @@ class HandFinder:
         return centre, PALM_TO_HAND_SCALE * palm_side, math.atan2(up[0], -up[1]), float(scores[best])
 
 
+def region_from_points(points: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """The square the landmark model reads to find a hand again where its 21 `points` (pixels) were, as
+    MediaPipe's tracking makes it: centre, side and the angle that turns the fingers up (the wrist to the middle
+    of the middle knuckle and the index's and ring's); None for points that give no direction."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape != (21, 2) or not np.isfinite(points).all():
+        return None
+    knuckles = ((points[5] + points[13]) / 2 + points[9]) / 2
+    up = knuckles - points[0]
+    length = float(np.linalg.norm(up))
+    if length < 1:
+        return None
+    up /= length
+    angle = math.atan2(up[0], -up[1])
+    cos, sin = math.cos(angle), math.sin(angle)
+    # The points in the hand's upright frame (the photo's turned by -angle), boxed there, the box turned back.
+    upright = points[list(TRACK_POINTS)] @ np.array([[cos, -sin], [sin, cos]])
+    low, high = upright.min(0), upright.max(0)
+    width, height = high - low
+    middle = (low + high) / 2 - np.array([0.0, TRACK_SHIFT * height])
+    centre = np.array([cos * middle[0] - sin * middle[1], sin * middle[0] + cos * middle[1]])
+    side = TRACK_SCALE * float(max(width, height))
+    if not side >= 1:
+        return None
+    return centre, side, angle
+
+
 def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Intersection over union of one box with many (left, top, right, bottom)."""
     low, high = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
@@ -165,6 +213,7 @@ def finder() -> HandFinder:
         return _finder()
 
 
-def find_hand(image: Image.Image) -> Hand | None:
-    """The most likely hand in an RGB photo, or None when the models see none."""
-    return finder().find(image)
+def find_hand(image: Image.Image, previous: np.ndarray | None = None) -> Hand | None:
+    """The most likely hand in an RGB photo, or None when the models see none; `previous`: the hand's points in
+    the frame before, where it is looked for first (HandFinder.find)."""
+    return finder().find(image, previous)

@@ -29,12 +29,15 @@ MIN_FINGER, MIN_PALM = 0.2, 0.6
 @dataclass(frozen=True)
 class Hand:
     """A hand found in a photo: its 21 landmarks (x, y in the photo's pixels, MediaPipe's order: the wrist
-    first, the middle finger's knuckle ninth), how sure the models are (palm score x hand presence), and the
-    same points in 3-D, in metres (the landmark model's world landmarks; None where there are none)."""
+    first, the middle finger's knuckle ninth), how sure the models are (palm score x hand presence; the presence
+    alone for a hand tracked), the same points in 3-D, in metres (the landmark model's world landmarks; None where
+    there are none), and whether it was tracked: found where the frame before had it, without the palm detector
+    (detector.HandFinder.find)."""
 
     points: np.ndarray
     score: float
     world: np.ndarray | None = None
+    tracked: bool = False
 
     @property
     def box(self) -> tuple[float, float, float, float]:

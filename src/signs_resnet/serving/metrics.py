@@ -40,7 +40,7 @@ class Metrics:
         self.stream_frames = Counter("signs_stream_frames", "Frames received on /stream by outcome: answered, "
                                      "error, dropped (a newer frame replaced it)", ["outcome"], registry=self.registry)
         self.streams_refused = Counter("signs_streams_refused", "Streams refused at /stream by reason: api_key, "
-                                       "origin, limit", ["reason"], registry=self.registry)
+                                       "origin, query (a bad ?track=), limit", ["reason"], registry=self.registry)
         self.model = Gauge("signs_model_info", "The model being served (value 1)",
                            ["name", "checksum", "engine", "classes", "version"], registry=self.registry,
                            multiprocess_mode="max")

@@ -43,6 +43,15 @@ async def classify_photos(runtime: Runtime, files: Sequence[tuple[str | None, by
     64x64 image the model saw as a PNG data URL, `image`), the batch result and the seconds spent decoding.
     Raises ApiError naming the first file that does not decode (413 over max_pixels), or 503 (not ready, queue
     full, no hand models)."""
+    results, _, batch, decode_seconds = await classify_framed(runtime, files, include_image)
+    return results, batch, decode_seconds
+
+
+async def classify_framed(runtime: Runtime, files: Sequence[tuple[str | None, bytes]], include_image: bool = False,
+                          previous: Sequence[Sequence[tuple[float, float]] | None] | None = None,
+                          ) -> tuple[list[dict[str, Any]], list[Framing], BatchResult, float]:
+    """classify_photos with where each file's hand was found (Framing) beside its result; `previous`: for each
+    file, the hand's points in the frame before it, where its hand is looked for first (/stream's tracking)."""
     settings = runtime.settings
     engine = runtime.ready_engine()
     opened = []  # headers only: format and size (refused here when over max_pixels)
@@ -54,7 +63,7 @@ async def classify_photos(runtime: Runtime, files: Sequence[tuple[str | None, by
 
     def prepare_all() -> tuple[torch.Tensor, tuple[list[Framing], list[str] | None]]:
         images, framings = prepare_images(opened, engine.model.image_size, settings.max_pixels,
-                                          [name for name, _ in files])
+                                          [name for name, _ in files], previous)
         return images, (framings, [_png_data_url(image) for image in images] if include_image else None)
 
     # Small photos decode on the event loop; never one the hand finder's two networks would run on.
@@ -64,7 +73,7 @@ async def classify_photos(runtime: Runtime, files: Sequence[tuple[str | None, by
     results = [photo_result(engine.model, row, framing) for row, framing in zip(batch.probabilities, framings)]
     for result, png in zip(results, pngs or []):
         result["image"] = png
-    return results, batch, decode_seconds
+    return results, framings, batch, decode_seconds
 
 
 def _png_data_url(image: torch.Tensor) -> str:

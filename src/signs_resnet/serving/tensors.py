@@ -127,14 +127,17 @@ def images_of(inputs: Sequence[InputTensor], engine: Engine,
 
 
 def prepare_images(sources: Sequence[bytes | Image.Image], size: int, max_pixels: int,
-                   names: Sequence[str | None] | None = None) -> tuple[torch.Tensor, list[Framing]]:
+                   names: Sequence[str | None] | None = None,
+                   previous: Sequence[Sequence[tuple[float, float]] | None] | None = None,
+                   ) -> tuple[torch.Tensor, list[Framing]]:
     """A request's images through preprocess.prepare, as /predict and the v2 "image" input both take them: the
     batch N x 3 x size x size and where each one's hand was found; the first that does not decode is the API
-    error naming it (its index, and its name when it has one)."""
+    error naming it (its index, and its name when it has one). `previous`: for each image, the hand's points in
+    the frame before it (a stream's), where its hand is looked for first."""
     images, framings = [], []
     for index, source in enumerate(sources):
         try:
-            image, framing = prepare(source, size, max_pixels)
+            image, framing = prepare(source, size, max_pixels, previous[index] if previous else None)
         except ImageError as error:
             raise decode_error(index, names[index] if names else None, error) from None
         except HandModelError:  # the install, not the photo (said in the log at start-up): the same for every photo

@@ -1,0 +1,173 @@
+"""A stream's hand tracked from frame to frame (hands.detector: the landmark model alone where the last frame's
+hand was) and its shown answer (smoothing.py), against the real server with a real WebSocket client and real
+webcam frames."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from conftest import SHARED, start_server
+from PIL import Image
+from test_stream import closed_with, wait_for_open_streams
+from websockets.sync.client import connect
+
+from signs_resnet.hands import detector
+from signs_resnet.smoothing import HOLD_FRAMES, ShownAnswer
+
+FRAME = SHARED / "real" / "hands_frames" / "3" / "1528664299.56_pic00046.jpg"  # a 400x300 webcam frame, a hand
+WALL = (128, 124, 118)  # a plain grey wall: no hand
+STEP = (-32, -12)  # the hand's move from one frame of the sequence to the next, in pixels
+
+
+def shown_after(labels: list[str | None], hold_frames: int = HOLD_FRAMES) -> list[str | None]:
+    shown = ShownAnswer(hold_frames)
+    return [shown.update(label) for label in labels]
+
+
+# --- the shown answer ------------------------------------------------------------------------------
+
+
+def test_a_new_label_is_shown_once_it_holds_for_three_frames():
+    assert HOLD_FRAMES == 3
+    assert shown_after(["5", "5", "5", "5"]) == [None, None, "5", "5"]
+    # one or two misread frames never show; the third in a row does
+    assert shown_after(["5", "5", "5", "2", "5", "2", "2", "2"]) == [None, None, "5", "5", "5", "5", "5", "2"]
+    # a run broken by another label starts over
+    assert shown_after(["5", "5", "5", "2", "2", "3", "2", "2", "2"])[-4:] == ["5", "5", "5", "2"]
+
+
+def test_no_hand_is_shown_once_the_hand_has_been_gone_for_three_frames():
+    labels = ["4", "4", "4", None, None, None, None, "4"]
+    assert shown_after(labels) == [None, None, "4", "4", "4", None, None, None]
+    assert shown_after(["4", "4", "4", None, None, "4", None, None])[-3:] == ["4", "4", "4"]  # back in time
+
+
+def test_one_frame_shows_every_label_and_fewer_are_refused():
+    assert shown_after(["1", None, "2"], hold_frames=1) == ["1", None, "2"]
+    with pytest.raises(ValueError, match="at least 1"):
+        ShownAnswer(0)
+
+
+# --- the hand finder, in process -------------------------------------------------------------------
+
+
+def camera_frame(step: int = 0) -> Image.Image:
+    """A 640x480 window on the webcam frame enlarged to 800x600, moved so that the hand moves by STEP per step."""
+    big = Image.open(FRAME).convert("RGB").resize((800, 600), Image.Resampling.BICUBIC)
+    left, top = -STEP[0] * step, -STEP[1] * step
+    return big.crop((left, top, left + 640, top + 480))
+
+
+def jpeg(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_the_finder_tracks_a_hand_from_its_last_points_and_detects_it_when_it_is_not_there():
+    finder = detector.finder()
+    still = camera_frame()
+    detected = finder.find(still)
+    assert detected is not None and not detected.tracked
+    tracked = finder.find(still, detected.points)
+    assert tracked is not None and tracked.tracked
+    # the same hand: its points within a few pixels of the palm detector's, the same fingers read
+    size = max(np.ptp(detected.points, axis=0))
+    assert np.abs(tracked.points - detected.points).max() < 0.1 * size
+    assert tracked.reading().count == detected.reading().count
+    # last seen at the far left: nothing there, so the palm detector looks, and finds it where it is
+    elsewhere = finder.find(still, detected.points - np.array([400, 0], np.float32))
+    assert elsewhere is not None and not elsewhere.tracked
+    assert np.abs(elsewhere.points - detected.points).max() < 0.1 * size
+    assert finder.find(Image.new("RGB", (640, 480), WALL), detected.points) is None  # gone: no hand at all
+
+
+@pytest.mark.parametrize("points", [np.full((21, 2), 50.0), np.full((21, 2), np.nan), np.zeros((5, 2)),
+                                    np.zeros(42)], ids=["one place", "nan", "5 points", "flat"])
+def test_points_that_give_no_square_are_no_region(points):
+    assert detector.region_from_points(points) is None
+
+
+def test_the_square_from_points_is_turned_by_the_wrist_to_the_knuckles():
+    """An upright hand's square stands straight; the same hand turned a quarter turn turns the square with it."""
+    finder = detector.finder()
+    hand = finder.find(camera_frame())
+    centre, side, angle = detector.region_from_points(hand.points)
+    assert abs(angle) < 0.6 and side > 1.5 * np.ptp(hand.points[:, 0])  # a hand held up; the square around it
+    middle = hand.points.mean(0)
+    turned = (hand.points - middle) @ np.array([[0, 1], [-1, 0]], np.float32) + middle  # 90 degrees clockwise
+    turned_centre, turned_side, turned_angle = detector.region_from_points(turned)
+    assert turned_angle == pytest.approx(angle + np.pi / 2, abs=1e-4) and turned_side == pytest.approx(side, rel=1e-4)
+    assert np.allclose(turned_centre - middle, np.array([[0, 1], [-1, 0]]).T @ (centre - middle), atol=1e-3)
+
+
+# --- /stream ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory):
+    server = start_server(model_file, tmp_path_factory.mktemp("tracking") / "server.log", "--engine", "torch-fp32",
+                          "--max-batch-size", "4")
+    yield server
+    server.stop()
+
+
+def open_stream(server, query: str = ""):
+    return connect(server.url.replace("http://", "ws://") + "/stream" + query, open_timeout=10, close_timeout=5)
+
+
+def answers_to(stream, photos: list[bytes]) -> list[dict]:
+    answers = []
+    for photo in photos:
+        stream.send(photo)
+        answers.append(json.loads(stream.recv(60)))
+    return answers
+
+
+def test_a_moving_hand_is_tracked_then_lost_when_it_leaves_and_detected_again(server):
+    moving = [camera_frame(step) for step in range(6)]
+    wall = Image.new("RGB", (640, 480), WALL)
+    photos = [jpeg(picture) for picture in moving + [wall] * HOLD_FRAMES + [moving[0]]]
+    with open_stream(server) as stream:
+        answers = answers_to(stream, photos)
+    assert [answer["frame"] for answer in answers] == list(range(1, len(photos) + 1))
+    hands = answers[:len(moving)]
+    assert all(answer["hand"]["found"] for answer in hands)
+    # the first frame's hand is detected; each next one is found where the last one was, without the palm detector
+    assert [answer["tracked"] for answer in hands] == [False] + [True] * (len(moving) - 1)
+    first = np.array(hands[0]["hand"]["points"])
+    for step, answer in enumerate(hands):  # the points follow the hand
+        assert np.abs(np.array(answer["hand"]["points"]) - first - np.array(STEP) * step).mean() < 6, step
+    gone, back = answers[len(moving):-1], answers[-1]
+    assert all(not answer["hand"]["found"] and answer["tracked"] is False for answer in gone)
+    assert back["hand"]["found"] and back["tracked"] is False  # lost: the palm detector looks again
+    # the shown label is the rule's on the frames' own labels (no hand: None)
+    replay = ShownAnswer()
+    assert [answer["shown"] for answer in answers] == [
+        replay.update(answer["label"] if answer["hand"]["found"] else None) for answer in answers]
+    assert answers[len(moving) + 1]["shown"] is not None and gone[-1]["shown"] is None  # gone for HOLD_FRAMES frames
+
+
+def test_track_0_answers_every_frame_as_predict_does(server):
+    photos = [jpeg(camera_frame(step)) for step in (0, 1)]
+    with server.client() as client:
+        expected = [client.post("/predict", files={"image": ("frame.jpg", photo, "image/jpeg")}).json()["results"][0]
+                    for photo in photos]
+    with open_stream(server, "?track=0") as stream:
+        answers = answers_to(stream, photos)
+    assert [answer["tracked"] for answer in answers] == [False, False]
+    for answer, result in zip(answers, expected):
+        assert (answer["label"], answer["hand"]) == (result["label"], result["hand"])
+        assert answer["probability"] == pytest.approx(result["probability"], abs=1e-4)
+
+
+@pytest.mark.parametrize("query", ["?track=maybe", "?track=", "?track=" + "%E2%82%AC" * 50],
+                         ids=["word", "empty", "long, not ASCII"])
+def test_a_bad_track_parameter_closes_the_stream_saying_why(server, query):
+    with open_stream(server, query) as stream:
+        code, reason = closed_with(stream)
+    assert code == 1008 and "?track= takes 1 or 0" in reason
+    wait_for_open_streams(server, 0)
