@@ -7,6 +7,10 @@ engine the server can run (engines.py; openvino-int8 needs `signs export --forma
 On the 120 SIGNS test photos, "test acc" is an engine's accuracy and "max |dp|" the largest
 difference of its probabilities from the first row's. The server's default engine
 (settings.ServeSettings.engine, auto) picks this table's winner.
+
+A second table, start-up: per engine, the seconds to load it (OpenVINO converts the network then), to warm it up
+as the server does (engines.warm_up: the powers of two up to 32), and then the first call of batch sizes it has not
+seen (3, 5, 13, 27) against their second call, the median ratio: near 1 when the warm-up left nothing to compile.
 """
 
 from __future__ import annotations
@@ -24,18 +28,18 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from signs_resnet.data.datasets import load_hdf5  # noqa: E402
 from signs_resnet.data.preprocess import scale  # noqa: E402
-from signs_resnet.inference.engines import ENGINES, load_engine  # noqa: E402
+from signs_resnet.inference.engines import ENGINES, load_engine, warm_up, warm_up_sizes  # noqa: E402
 from signs_resnet.inference.forward import predict  # noqa: E402
 from signs_resnet.model_file import load_model  # noqa: E402
 
 TEST_PHOTOS = ROOT.parent / "shared" / "data" / "signs" / "test_signs.h5"
 
 
-def median_seconds(run, images: torch.Tensor, seconds: float) -> float:
-    for _ in range(3):
+def median_seconds(run, images: torch.Tensor, seconds: float, calls: int = 5, warm: int = 3) -> float:
+    for _ in range(warm if calls > 1 else 0):
         run(images)
     times, started = [], time.perf_counter()
-    while len(times) < 5 or time.perf_counter() - started < seconds:
+    while len(times) < calls or time.perf_counter() - started < seconds:
         tick = time.perf_counter()
         run(images)
         times.append(time.perf_counter() - tick)
@@ -52,8 +56,18 @@ def main() -> None:
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     model = load_model(args.model)
     runs = {"torch fp32 (as trained)": lambda images: predict(model, images)}
+    start_up = []
     for name in args.engines.split(","):
+        started = time.perf_counter()
         engine = load_engine(model, name)
+        loaded = time.perf_counter() - started
+        warmed = warm_up(engine, 32)
+        ratios = []
+        with torch.inference_mode():
+            for size in (3, 5, 13, 27):
+                first = median_seconds(engine.run, torch.rand(size, 3, 64, 64), 0, calls=1)
+                ratios.append(first / median_seconds(engine.run, torch.rand(size, 3, 64, 64), 0, calls=1))
+        start_up.append(f"{engine.describe():<24}{loaded:>8.2f}{warmed:>10.2f}{statistics.median(ratios):>22.2f}")
         runs[engine.describe()] = engine.run
     test = load_hdf5(TEST_PHOTOS)
     photos = scale(test.images)
@@ -70,6 +84,9 @@ def main() -> None:
                 seconds = median_seconds(run, torch.rand(size, 3, 64, 64), args.seconds)
                 row += f"{seconds * 1000:>8.2f} ({size / seconds:>5.0f})"
         print(row, flush=True)
+    print(f"\nstart-up (warm-up: batch sizes {','.join(map(str, warm_up_sizes(32)))})")
+    print(f"{'engine':<24}{'load s':>8}{'warm-up s':>10}{'new size: 1st / 2nd':>22}")
+    print("\n".join(start_up))
 
 
 if __name__ == "__main__":

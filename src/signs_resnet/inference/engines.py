@@ -114,10 +114,17 @@ def _openvino(model: LoadedModel, threads: int, int8: Path | None = None) -> Eng
 
 
 def warm_up(engine: Engine, max_batch_size: int) -> float:
-    """Run every batch size once (first calls of a shape pick and compile kernels); return the seconds."""
+    """Run a batch of each power of two up to max_batch_size, and of max_batch_size; return the seconds. The first
+    call of a shape picks and compiles kernels, which the sizes between then share: a size first seen later
+    answers as fast as on its second call (docs/performance.md, "Start-up")."""
     started = time.perf_counter()
     height, width, channels = engine.model.input_shape
     with torch.inference_mode():
-        for size in range(1, max_batch_size + 1):
+        for size in warm_up_sizes(max_batch_size):
             engine.run(torch.rand(size, channels, height, width))
     return time.perf_counter() - started
+
+
+def warm_up_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes warm_up runs: 1, 2, 4, ... below max_batch_size, then max_batch_size."""
+    return [1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size] + [max_batch_size]

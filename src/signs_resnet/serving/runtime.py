@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 
 from signs_resnet.hands.detector import finder
 from signs_resnet.hands.model_files import HandModelError
-from signs_resnet.inference.engines import Engine, load_engine, warm_up
+from signs_resnet.inference.engines import Engine, load_engine, warm_up, warm_up_sizes
 from signs_resnet.model_file import load_model as load_model_file
 from signs_resnet.serving.batching import Batcher, BatchResult
 from signs_resnet.serving.errors import ApiError
@@ -107,7 +107,8 @@ class Runtime:
             return
         self.batcher.start()
         self.ready = True
-        log.info("warmed up batch sizes 1..%d in %.1f s; ready", self.settings.max_batch_size, seconds)
+        log.info("warmed up batch sizes %s in %.1f s; ready",
+                 ",".join(map(str, warm_up_sizes(self.settings.max_batch_size))), seconds)
 
     async def stop(self) -> None:
         """Answer the requests already queued, then stop the threads."""
