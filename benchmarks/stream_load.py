@@ -2,17 +2,18 @@
 
     .venv/bin/python benchmarks/stream_load.py --model runs/default/model.safetensors      # or: make bench
 
-(about a minute: 2 levels x 3 runs x (10 + 1) s). Options: `--clients 1,4,8`, `--fps 30`, `--seconds`, `--runs`,
-`--serve-args "--engine openvino"`, `--api-key KEY`, `--json`.
+(about two minutes: 2 levels x 2 ways x 3 runs x (10 + 1) s). Options: `--clients 1,4,8`, `--track on`, `--fps 30`,
+`--seconds`, `--runs`, `--serve-args "--engine openvino"`, `--api-key KEY`, `--json`.
 
 Starts `python -m signs_resnet serve` as a subprocess on a free loopback port (as serve_load.py does), then, level
-by level, that many WebSocket clients, each a webcam streaming 640x480 JPEG frames: a sequence of the 400x300
-frames of real/hands_frames/, class by class (so the answer changes from frame to frame), enlarged to 640x480 and
-encoded at the live page's quality. Each client sends its next frame when the answer to the previous arrives (a
+by level, that many WebSocket clients, each a webcam streaming 640x480 JPEG frames: consecutive captures of
+real/hands_frames/ (`--frames` of each class, then the next class: a hand held a while, then another number), enlarged
+to 640x480 and encoded at the live page's quality; each level with the hand tracked from frame to frame (the
+stream's default) and without (`?track=0`: the palm detector on every frame), alternated. Each client sends its next frame when the answer to the previous arrives (a
 closed loop, as the live page does), or with `--fps N` one frame every 1/N s whatever the answers (a camera sending
 every frame: the server drops the stale ones, which the dropped column counts). Per level, the medians over `--runs` of:
 answered frames/s per client (the median client), round-trip and server (`server_ms`) p50/p95 over every answered
-frame, dropped frames and errors, beside issue 39's targets.
+frame, the share of frames whose hand was tracked, dropped frames and errors, beside issue 39's targets.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ TARGET_SERVER_P50_MS = 8.0
 # --- frames ---------------------------------------------------------------------------------------
 
 
-def camera_frames(folder: Path, count: int) -> list[bytes]:
-    """`count` 640x480 JPEGs made of the photos in `folder`'s class folders, one class after another (the first
-    photo of each class, then the second of each...)."""
+def camera_frames(folder: Path, per_class: int) -> list[bytes]:
+    """640x480 JPEGs made of the photos in `folder`'s class folders: the first `per_class` of each class (consecutive
+    captures), one class after another."""
     from PIL import Image
 
     classes = sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
@@ -56,9 +57,7 @@ def camera_frames(folder: Path, count: int) -> list[bytes]:
     if not photos:
         raise FileNotFoundError(f"{folder}: no class folders (0/, 1/, ...) of .jpg photos")
     frames = []
-    for index in range(count):
-        files = photos[index % len(photos)]
-        path = files[index // len(photos) % len(files)]
+    for path in (path for files in photos for path in files[:per_class]):
         out = io.BytesIO()
         Image.open(path).convert("RGB").resize(FRAME_SIZE, Image.BILINEAR).save(out, "JPEG", quality=JPEG_QUALITY)
         frames.append(out.getvalue())
@@ -75,6 +74,7 @@ class ClientTally:
     sent: int = 0
     round_trips: list[float] = field(default_factory=list)  # ms from sending a frame to its answer, answered frames
     server_ms: list[float] = field(default_factory=list)  # the answers' own server_ms
+    tracked: int = 0  # answered frames whose hand was tracked from the frame before
     error_answers: Counter = field(default_factory=Counter)  # frames answered with an error, by its code
     failures: Counter = field(default_factory=Counter)  # "timeout" (no answer in time), or why the stream ended
 
@@ -115,6 +115,7 @@ async def one_client(url: str, frames: list[bytes], fps: float | None, record_fr
                     else:
                         tally.round_trips.append((now - begun) * 1000)
                         tally.server_ms.append(answer["server_ms"])
+                        tally.tracked += bool(answer.get("tracked"))
                 answered.set()
         finally:
             receiving = False
@@ -173,6 +174,7 @@ def level_summary(tallies: list[ClientTally], seconds: float) -> dict[str, float
             "fps_min": min(tally.answered / seconds for tally in tallies),
             "rtt_p50": percentile(round_trips, 50), "rtt_p95": percentile(round_trips, 95),
             "server_p50": percentile(server_ms, 50), "server_p95": percentile(server_ms, 95),
+            "tracked": sum(tally.tracked for tally in tallies) / max(1, sum(tally.answered for tally in tallies)),
             "dropped": sum(tally.sent - tally.answered for tally in tallies) - error_answers,
             "errors": error_answers + sum(sum(tally.failures.values()) for tally in tallies)}
 
@@ -197,21 +199,22 @@ def cpu_name() -> str:
     return platform.processor() or "an unknown CPU"
 
 
-def print_table(medians: dict[int, dict[str, float]], fps: float | None) -> None:
-    print(f"\n{'clients':>7}{'frames/s each':>15}{'slowest':>9}{'rtt p50 ms':>12}{'rtt p95 ms':>12}"
-          f"{'server p50':>12}{'server p95':>12}{'dropped':>9}{'errors':>8}")
-    for clients, m in medians.items():
-        print(f"{clients:>7}{m['fps']:>15.1f}{m['fps_min']:>9.1f}{m['rtt_p50']:>12.2f}{m['rtt_p95']:>12.2f}"
-              f"{m['server_p50']:>12.2f}{m['server_p95']:>12.2f}{m['dropped']:>9.0f}{m['errors']:>8.0f}")
+def print_table(medians: dict[tuple[str, int], dict[str, float]], fps: float | None) -> None:
+    print(f"\n{'tracking':>8}{'clients':>8}{'frames/s each':>15}{'slowest':>9}{'rtt p50 ms':>12}{'rtt p95 ms':>12}"
+          f"{'server p50':>12}{'server p95':>12}{'tracked':>9}{'dropped':>9}{'errors':>8}")
+    for (track, clients), m in medians.items():
+        print(f"{track:>8}{clients:>8}{m['fps']:>15.1f}{m['fps_min']:>9.1f}{m['rtt_p50']:>12.2f}{m['rtt_p95']:>12.2f}"
+              f"{m['server_p50']:>12.2f}{m['server_p95']:>12.2f}{m['tracked']:>9.0%}{m['dropped']:>9.0f}"
+              f"{m['errors']:>8.0f}")
     print("\ntargets (issue 39):" + (f" (at --fps {fps:g}, no client can answer more than that)" if fps else ""))
-    for clients, target in TARGET_FPS.items():
-        if clients in medians:
-            got = medians[clients]["fps"]
-            print(f"  {clients} client{'s' * (clients > 1)}: {got:.1f} answered frames/s each, target >= {target:g}: "
-                  f"{'met' if got >= target else 'NOT met'}")
-    for clients, m in medians.items():
-        print(f"  server time p50, {clients} client{'s' * (clients > 1)}: {m['server_p50']:.2f} ms, target <= "
-              f"{TARGET_SERVER_P50_MS:g} ms: {'met' if m['server_p50'] <= TARGET_SERVER_P50_MS else 'NOT met'}")
+    for (track, clients), m in medians.items():
+        way = f"tracking {track}, {clients} client{'s' * (clients > 1)}"
+        if clients in TARGET_FPS:
+            print(f"  {way}: {m['fps']:.1f} answered frames/s each, target >= {TARGET_FPS[clients]:g}: "
+                  f"{'met' if m['fps'] >= TARGET_FPS[clients] else 'NOT met'}")
+        if track == "on":  # the server-time target is tracking's
+            print(f"  {way}: server time p50 {m['server_p50']:.2f} ms, target <= {TARGET_SERVER_P50_MS:g} ms: "
+                  f"{'met' if m['server_p50'] <= TARGET_SERVER_P50_MS else 'NOT met'}")
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -221,12 +224,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/default/model.safetensors")
     parser.add_argument("--clients", default="1,4", help="levels: how many cameras stream at once")
+    parser.add_argument("--track", default="on,off", help="each level with the hand tracked (on), not (off), or both")
     parser.add_argument("--fps", type=float, help="send every 1/FPS s whatever the answers (default: the next "
                                                    "frame when the previous is answered)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per level and run")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each level")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=12, help="distinct frames in each camera's sequence")
+    parser.add_argument("--frames", type=int, default=4, help="consecutive frames of each class in each camera's "
+                                                               "sequence")
     parser.add_argument("--frames-dir", type=Path, default=FRAMES, help="class folders of photos to make them of")
     parser.add_argument("--serve-args", default="", help="extra `signs serve` options")
     parser.add_argument("--api-key", help="start the server with this SIGNS_API_KEY; clients send it as ?api_key=")
@@ -236,6 +241,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.levels = [int(c) for c in args.clients.split(",")]
     except ValueError:
         parser.error("--clients takes whole numbers separated by commas, e.g. 1,4")
+    args.ways = args.track.split(",")
+    if not args.ways or set(args.ways) - {"on", "off"}:
+        parser.error("--track takes on, off or on,off")
     if min(args.levels) < 1 or args.frames < 1 or args.runs < 1 or (args.fps is not None and args.fps <= 0):
         parser.error("--clients, --frames, --runs and --fps must be positive")
     return args
@@ -279,31 +287,34 @@ def main() -> None:
         server = start(command, port, log, env=env)
     except ServerFailed as error:
         sys.exit(f"stream_load: {error}")
-    url = f"ws://127.0.0.1:{port}/stream" + (f"?api_key={args.api_key}" if args.api_key else "")
+    url = f"ws://127.0.0.1:{port}/stream" + (f"?api_key={args.api_key}&" if args.api_key else "?")
     mode = f"a frame every 1/{args.fps:g} s" if args.fps else "the next frame when the previous is answered"
     print(f"CPU: {cpu_name()} x {os.cpu_count()}; {args.runs} runs x {args.seconds:g} s per level; "
           f"{len(frames)} frames of {FRAME_SIZE[0]}x{FRAME_SIZE[1]} JPEG (mean {sum(map(len, frames)) // len(frames)} "
           f"bytes) from {args.frames_dir}; {mode}; signs serve {args.serve_args}".rstrip(), flush=True)
-    results: dict[int, list[dict[str, float]]] = {clients: [] for clients in args.levels}
+    results: dict[tuple[str, int], list[dict[str, float]]] = {(track, clients): [] for clients in args.levels
+                                                              for track in args.ways}
     try:
-        if problem := asyncio.run(first_answers(url, frames)):
+        if problem := asyncio.run(first_answers(url + "track=0", frames)):
             sys.exit(f"stream_load: the server did not answer the frames: {problem}; its log is {log}")
         for run in range(args.runs):
-            for clients in args.levels:
-                tallies = asyncio.run(drive_streams(url, frames, clients, args.fps, args.seconds, args.warmup))
+            for track, clients in results:
+                tallies = asyncio.run(drive_streams(url + f"track={int(track == 'on')}", frames, clients, args.fps,
+                                                    args.seconds, args.warmup))
                 result = level_summary(tallies, args.seconds)
-                results[clients].append(result)
+                results[track, clients].append(result)
                 errors = sum((tally.error_answers + tally.failures for tally in tallies), Counter())
-                print(f"  run {run + 1} clients={clients:<3} {result['fps']:6.1f} frames/s each  rtt p50 "
-                      f"{result['rtt_p50']:7.2f} ms  server p50 {result['server_p50']:7.2f} ms  dropped "
+                print(f"  run {run + 1} tracking {track:<3} clients={clients:<3} {result['fps']:6.1f} frames/s each  "
+                      f"rtt p50 {result['rtt_p50']:7.2f} ms  server p50 {result['server_p50']:7.2f} ms  dropped "
                       f"{result['dropped']}  errors {dict(errors) or 0}", file=sys.stderr, flush=True)
     finally:
         stop(server)
-    medians = {clients: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-               | {"errors": sum(run["errors"] for run in runs)} for clients, runs in results.items()}
+    medians = {level: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+               | {"errors": sum(run["errors"] for run in runs)} for level, runs in results.items()}
     print_table(medians, args.fps)
     if args.json:
-        print(json.dumps({"cpu": cpu_name(), "cpus": os.cpu_count(), "levels": medians}))
+        print(json.dumps({"cpu": cpu_name(), "cpus": os.cpu_count(),
+                          "levels": [{"tracking": track, "clients": clients} | m for (track, clients), m in medians.items()]}))
 
 
 if __name__ == "__main__":

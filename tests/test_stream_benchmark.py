@@ -21,9 +21,12 @@ def test_one_camera_gets_its_frames_answered(model_file):
                              "--runs", "1", "--frames", "3", "--serve-args", "--engine torch-fp32", "--json")
     assert result.returncode == 0, result.stderr
     assert "CPU: " in result.stdout and "frames/s each" in result.stdout and "targets (issue 39):" in result.stdout
-    level = json.loads(result.stdout.splitlines()[-1])["levels"]["1"]
-    assert level["fps"] > 0 and level["errors"] == 0 and level["dropped"] == 0  # a closed loop drops nothing
-    assert 0 < level["server_p50"] <= level["rtt_p50"]  # the round trip holds the server's time
+    on, off = json.loads(result.stdout.splitlines()[-1])["levels"]
+    assert (on["tracking"], on["clients"], off["tracking"]) == ("on", 1, "off")
+    for level in on, off:
+        assert level["fps"] > 0 and level["errors"] == 0 and level["dropped"] == 0  # a closed loop drops nothing
+        assert 0 < level["server_p50"] <= level["rtt_p50"]  # the round trip holds the server's time
+    assert on["tracked"] > 0.5 and off["tracked"] == 0  # a held hand is found where it was; ?track=0 never tracks
 
 
 def test_missing_frames_are_a_clear_error(tmp_path):
