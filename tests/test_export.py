@@ -172,14 +172,3 @@ def test_int8_graph_of_another_model_is_not_used(int8_exported, tmp_path):
     with pytest.raises(ValueError, match="signs export .* --format onnx-int8"):
         load_engine(other_model, "openvino-int8")
 
-
-def test_auto_runs_a_small_job_in_pytorch_and_a_large_one_on_openvino(model_file, monkeypatch):
-    """Converting for OpenVINO costs seconds a few photos never pay back (engines.OPENVINO_FROM)."""
-    from signs_resnet.inference import engines
-
-    model = load_model(model_file)
-    assert load_engine(model, "auto", photos=engines.OPENVINO_FROM - 1).describe() == "torch-fp32 (fp32)"
-    chosen = []
-    monkeypatch.setattr(engines, "_openvino", lambda model, threads, int8=None: chosen.append(int8) or "openvino")
-    assert load_engine(model, "auto", photos=engines.OPENVINO_FROM) == "openvino"
-    assert load_engine(model, "auto") == "openvino" and chosen == [None, None]  # a server's job has no end

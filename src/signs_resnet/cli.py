@@ -14,7 +14,7 @@ from pathlib import Path
 
 from signs_resnet.answer import note
 from signs_resnet.data import datasets
-from signs_resnet.inference.engines import ENGINES, OPENVINO_FROM
+from signs_resnet.inference.engines import ENGINES
 from signs_resnet.model_file import DEFAULT_MODEL, default_model_path
 from signs_resnet.serving.settings import ServeSettings
 from signs_resnet.training.config import BACKGROUND_SCHEDULES, PRECISIONS, TrainConfig
@@ -62,11 +62,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = _model(args.model)
     folder = datasets.test_folder(args.data)
     if folder is not None:  # photo files: answered as `signs predict` answers them
-        from signs_resnet.inference.classify import evaluate_folder, labelled_files
+        from signs_resnet.inference.classify import evaluate_folder
         from signs_resnet.inference.engines import load_engine
 
-        photos = len(labelled_files([Path(folder)]))
-        result = evaluate_folder(load_engine(model, args.engine, photos=photos), folder)
+        result = evaluate_folder(load_engine(model, args.engine), folder)
     else:  # an HDF5 split (the official test_signs.h5): the network on its 64x64 photos, as they are
         result = evaluate(model.network, _test_split(args.data, model.classes),
                           float(model.metadata.get("temperature", 1.0)))
@@ -125,7 +124,7 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         from signs_resnet.inference.engines import load_engine
 
-        engine = load_engine(_model(args.model), args.engine, args.threads, args.batch_size, len(found))
+        engine = load_engine(_model(args.model), args.engine, args.threads, args.batch_size)
         classes, results = engine.model.classes, classify_files(engine, found, args.batch_size)
     results = list(tqdm(results, total=len(found), unit="image", disable=not show_progress, file=sys.stderr))
     print(format_results(results, classes, "json" if args.json else "csv" if args.csv else "text"), end="")
@@ -282,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print a JSON list (default: one line per image)")
     output.add_argument("--csv", action="store_true", help="print CSV with a header line (default: one line per image)")
     predict.add_argument("--engine", choices=ENGINES, default="auto",
-                         help="inference engine, as the server's --engine (default: %(default)s: OpenVINO for "
-                              f"{OPENVINO_FROM} photos or more, else torch-fp32, which starts seconds sooner)")
+                         help="inference engine, as the server's --engine (default: %(default)s; torch-fp32 starts seconds "
+                              "sooner, for a few photos)")
     predict.add_argument("--server", metavar="URL", help="classify on a running `signs serve` at URL, e.g. "
                                                          "http://host:5000, in requests of at most the server's "
                                                          "max_images (default: none, classify here)")

@@ -3,8 +3,7 @@
 Every engine maps float images N x 3 x H x W in [0, 1] (what `preprocess.prepare_image` returns) to class
 probabilities N x classes, for the same trained model:
 
-    auto           openvino-int8 when the model's int8 graph is beside it, else openvino; for a job of fewer
-                   than OPENVINO_FROM photos (`signs predict` on a few files), torch-fp32
+    auto           openvino-int8 when the model's int8 graph is beside it, else openvino
     openvino-int8  OpenVINO on the int8 graph `signs export --format onnx-int8` wrote beside the model
                    (model.int8.onnx, exported from this very model); int8 kernels on AMX/VNNI
     openvino       OpenVINO, converted from the PyTorch model at start-up; on CPUs with AMX or
@@ -35,9 +34,6 @@ from signs_resnet.model_file import LoadedModel
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "openvino-int8", "openvino", "onnx", "torch-bf16", "torch-fp32")
-# Converting the network for OpenVINO takes seconds at start, which its faster batches pay back only over
-# hundreds of photos in one run: `auto` runs smaller jobs in eager PyTorch (docs/performance.md, "Bulk prediction").
-OPENVINO_FROM = 500
 
 
 @dataclass
@@ -51,10 +47,8 @@ class Engine:
         return f"{self.name} ({self.precision})"
 
 
-def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int = 256,
-                photos: int | None = None) -> Engine:
-    """`model` ready to run on engine `name` with `threads` threads (0: one per core); `photos`, where known, is
-    how many photos the job holds (a server's is unbounded)."""
+def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int = 256) -> Engine:
+    """`model` ready to run on engine `name` with `threads` threads (0: one per core)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)}")
     if threads:
@@ -68,7 +62,7 @@ def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int
         if name == "openvino-int8":
             raise ValueError(f"{model.path}: no int8 graph of this model beside it; write one with "
                              f"`signs export --model {model.path} --format onnx-int8`")
-        name = "torch-fp32" if photos is not None and photos < OPENVINO_FROM else "openvino"
+        name = "openvino"
     if name == "openvino":
         return _openvino(model, threads)
     if name == "onnx":
@@ -115,8 +109,8 @@ def _openvino(model: LoadedModel, threads: int, int8: Path | None = None) -> Eng
 
 def warm_up(engine: Engine, max_batch_size: int) -> float:
     """Run a batch of each power of two up to max_batch_size, and of max_batch_size; return the seconds. The first
-    call of a shape picks and compiles kernels, which the sizes between then share: a size first seen later
-    answers as fast as on its second call (docs/performance.md, "Start-up")."""
+    call of a shape picks and compiles kernels, which the sizes between then share: a size first seen later takes
+    at most about 1.4 times its second call (docs/performance.md, "Start-up")."""
     started = time.perf_counter()
     height, width, channels = engine.model.input_shape
     with torch.inference_mode():
