@@ -1,7 +1,7 @@
 # `make run`: set up, train a model if there is none (and its int8 graph), evaluate it, then serve it on port 5000.
 # `make test`: set up (including Debian's chromium for the web page test), run every test (CI).
 # `make test-fast`: the quick tier (pytest -m "not slow"), a few minutes at most, every module covered.
-# `make bench`: the load benchmarks, /predict with four photos (about 9 minutes), then /stream (about 1 minute).
+# `make bench`: the load benchmarks, /predict with four photos (about 9 minutes), then /stream (about 2.5 minutes).
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL := runs/default/model.safetensors

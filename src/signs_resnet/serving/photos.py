@@ -1,5 +1,6 @@
 """Photos to answers, the one path that `/predict` (app.py) and `/stream` (stream.py) share, so that the two
-always answer the same photo alike:
+answer the same photo alike (a stream's frame once its hand is located: tracked from the frame before, or found
+as /predict finds it):
 
     image files -> open_image (headers only: format, size, max_pixels) -> prepare_images (the hand found and cut
     out; a decoding thread, or the event loop for small photos) -> runtime.classify (the Batcher) ->
