@@ -469,3 +469,9 @@ def test_error_answers_are_documented(client):
     responses = schema["paths"]["/predict"]["post"]["responses"]
     for status in ("400", "413", "415", "503"):
         assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+
+
+def test_the_warm_up_runs_the_powers_of_two_and_the_largest_batch():
+    from signs_resnet.inference.engines import warm_up_sizes
+
+    assert [warm_up_sizes(n) for n in (1, 2, 5, 32)] == [[1], [1, 2], [1, 2, 4, 5], [1, 2, 4, 8, 16, 32]]

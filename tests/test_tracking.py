@@ -1,6 +1,6 @@
 """A stream's hand tracked from frame to frame (hands.detector: the landmark model alone where the last frame's
 hand was) and its shown answer (smoothing.py), against the real server with a real WebSocket client and real
-webcam frames."""
+webcam frames; the rule itself in test_smoothing.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import SHARED, start_server
 from PIL import Image
-from test_stream import closed_with, wait_for_open_streams
+from test_stream import closed_with, metrics, wait_for_open_streams
 from websockets.sync.client import connect
 
 from signs_resnet.hands import detector
@@ -20,35 +20,6 @@ from signs_resnet.smoothing import HOLD_FRAMES, ShownAnswer
 FRAME = SHARED / "real" / "hands_frames" / "3" / "1528664299.56_pic00046.jpg"  # a 400x300 webcam frame, a hand
 WALL = (128, 124, 118)  # a plain grey wall: no hand
 STEP = (-32, -12)  # the hand's move from one frame of the sequence to the next, in pixels
-
-
-def shown_after(labels: list[str | None], hold_frames: int = HOLD_FRAMES) -> list[str | None]:
-    shown = ShownAnswer(hold_frames)
-    return [shown.update(label) for label in labels]
-
-
-# --- the shown answer ------------------------------------------------------------------------------
-
-
-def test_a_new_label_is_shown_once_it_holds_for_three_frames():
-    assert HOLD_FRAMES == 3
-    assert shown_after(["5", "5", "5", "5"]) == [None, None, "5", "5"]
-    # one or two misread frames never show; the third in a row does
-    assert shown_after(["5", "5", "5", "2", "5", "2", "2", "2"]) == [None, None, "5", "5", "5", "5", "5", "2"]
-    # a run broken by another label starts over
-    assert shown_after(["5", "5", "5", "2", "2", "3", "2", "2", "2"])[-4:] == ["5", "5", "5", "2"]
-
-
-def test_no_hand_is_shown_once_the_hand_has_been_gone_for_three_frames():
-    labels = ["4", "4", "4", None, None, None, None, "4"]
-    assert shown_after(labels) == [None, None, "4", "4", "4", None, None, None]
-    assert shown_after(["4", "4", "4", None, None, "4", None, None])[-3:] == ["4", "4", "4"]  # back in time
-
-
-def test_one_frame_shows_every_label_and_fewer_are_refused():
-    assert shown_after(["1", None, "2"], hold_frames=1) == ["1", None, "2"]
-    with pytest.raises(ValueError, match="at least 1"):
-        ShownAnswer(0)
 
 
 # --- the hand finder, in process -------------------------------------------------------------------
@@ -167,7 +138,33 @@ def test_track_0_answers_every_frame_as_predict_does(server):
 @pytest.mark.parametrize("query", ["?track=maybe", "?track=", "?track=" + "%E2%82%AC" * 50],
                          ids=["word", "empty", "long, not ASCII"])
 def test_a_bad_track_parameter_closes_the_stream_saying_why(server, query):
+    counter = 'signs_streams_refused_total{reason="query"}'
+    before = metrics(server).get(counter, 0)
     with open_stream(server, query) as stream:
         code, reason = closed_with(stream)
     assert code == 1008 and "?track= takes 1 or 0" in reason
     wait_for_open_streams(server, 0)
+    assert metrics(server)[counter] == before + 1
+
+
+def test_a_bad_frame_leaves_the_tracked_hand_and_the_shown_label_as_they_were(server):
+    photos = [jpeg(camera_frame(step)) for step in range(4)]
+    with open_stream(server) as stream:
+        held = answers_to(stream, photos[:3])
+        broken = answers_to(stream, [b"not an image"])[0]
+        after = answers_to(stream, photos[3:])[0]
+    assert "error" in broken and held[-1]["shown"] is not None
+    assert after["tracked"] is True and after["shown"] == held[-1]["shown"]
+
+
+def test_a_large_photo_decoded_at_reduced_size_is_tracked_in_its_own_pixels(server):
+    """A 1920x1440 JPEG is decoded at half size (its draft mode): the last frame's points go in and come out in
+    the photo's own pixels."""
+    def large(step: int) -> bytes:
+        return jpeg(camera_frame(step).resize((1920, 1440), Image.Resampling.BICUBIC))
+
+    with open_stream(server) as stream:
+        first, second = answers_to(stream, [large(0), large(1)])
+    assert first["hand"]["found"] and second["tracked"] is True
+    moved = np.array(second["hand"]["points"]) - np.array(first["hand"]["points"])
+    assert np.abs(moved - np.array(STEP) * 3).mean() < 18  # the 640x480 step, three times larger
