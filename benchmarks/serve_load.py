@@ -528,10 +528,12 @@ def main() -> None:
                 [sys.executable, __file__, "--model", args.model, "--baseline-server", str(baseline_port)],
                 baseline_port, logs / "serve_load_baseline.log")
             servers["baseline"] = baseline_port
-    except ServerFailed as error:
+    except BaseException as error:  # Ctrl-C while a later server starts too: none is left running
         for process in processes.values():
             stop(process)
-        sys.exit(f"serve_load: {error}")
+        if isinstance(error, ServerFailed):
+            sys.exit(f"serve_load: {error}")
+        raise
 
     ours_name = "a no-op forward pass" if args.noop_engine else f"signs serve {args.serve_args}".rstrip()
     ours_name += f" at {revision(ROOT) or ROOT}" + "".join(f"; {name}: {folder}" for name, _, _, folder in trees)
