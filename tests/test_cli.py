@@ -107,6 +107,7 @@ def test_the_model_defaults_to_signs_model_then_runs_default(model_file, signs_j
                                          "file (train one with `signs train`, or name one with --model or SIGNS_MODEL)")
 
 
+@pytest.mark.slow  # two evaluate processes, plots drawn
 def test_evaluate_draws_pictures_only_where_asked(model_file, signs_slice, tmp_path):
     before = sorted(p.name for p in model_file.parent.iterdir())
     result = signs("evaluate", "--model", model_file, "--data", signs_slice / "test_signs.h5")

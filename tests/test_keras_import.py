@@ -94,6 +94,7 @@ def write_keras2(path, layers: dict[str, dict[str, np.ndarray]], full_model: boo
     return path
 
 
+@pytest.mark.slow  # Keras builds and runs whole models
 @pytest.mark.parametrize("full_model", [True, False], ids=["model.save", "save_weights"])
 def test_keras2_file_maps_every_weight_by_its_original_name(tmp_path, keras_layers, full_model):
     path = write_keras2(tmp_path / "res.h5", keras_layers, full_model, scoped="fc6")
@@ -247,6 +248,7 @@ def test_hdf5_without_layers(tmp_path):
         import_keras(path, tmp_path / "out" / "model.safetensors")
 
 
+@pytest.mark.slow  # Keras builds and runs whole models
 def test_failed_import_keeps_the_previous_model(tmp_path, keras_layers):
     good = write_keras2(tmp_path / "good.h5", keras_layers)
     bad = write_keras2(tmp_path / "bad.h5", without(keras_layers, "fc6"))
@@ -381,12 +383,14 @@ def assert_same_outputs(imported_path, images: np.ndarray, expected: np.ndarray)
     assert difference < PARITY_ATOL, f"max |ours - keras| = {difference}"
 
 
+@pytest.mark.slow  # Keras builds and runs whole models
 def test_keras3_full_model_gives_keras_outputs(tmp_path, keras_model, keras_reference):
     keras_model.save(str(tmp_path / "res.h5"))  # legacy HDF5: model_weights/<layer>/<layer>/kernel
     import_keras(tmp_path / "res.h5", tmp_path / "model.safetensors")
     assert_same_outputs(tmp_path / "model.safetensors", *keras_reference)
 
 
+@pytest.mark.slow  # Keras builds and runs whole models
 def test_keras3_weights_file_gives_keras_outputs(tmp_path, keras_model, keras_reference):
     keras_model.save_weights(str(tmp_path / "res.weights.h5"))  # layers/<class name>/vars/<position>
     import_keras(tmp_path / "res.weights.h5", tmp_path / "model.safetensors")

@@ -382,6 +382,7 @@ def test_concurrent_requests_are_batched_and_answered_individually(server, signs
     assert (total - total_before) - (single - single_before) > 0  # some of them held more than one image
 
 
+@pytest.mark.slow  # a server of its own under a flood of phone photos
 def test_full_queue_answers_503_with_retry_after(model_file, sample_jpg, tmp_path):
     server = start_server(model_file, tmp_path / "server.log", "--max-queue", "1", "--max-batch-size", "1",
                           "--max-wait-ms", "0", "--engine", "torch-fp32", env={"SIGNS_DECODE_THREADS": "4"})

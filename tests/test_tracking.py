@@ -98,6 +98,7 @@ def answers_to(stream, photos: list[bytes]) -> list[dict]:
     return answers
 
 
+@pytest.mark.slow  # a server of its own
 def test_a_moving_hand_is_tracked_then_lost_when_it_leaves_and_detected_again(server):
     moving = [camera_frame(step) for step in range(6)]
     wall = Image.new("RGB", (640, 480), WALL)
@@ -122,6 +123,7 @@ def test_a_moving_hand_is_tracked_then_lost_when_it_leaves_and_detected_again(se
     assert answers[len(moving) + 1]["shown"] is not None and gone[-1]["shown"] is None  # gone for HOLD_FRAMES frames
 
 
+@pytest.mark.slow  # a server of its own
 def test_track_0_answers_every_frame_as_predict_does(server):
     photos = [jpeg(camera_frame(step)) for step in (0, 1)]
     with server.client() as client:
@@ -137,6 +139,7 @@ def test_track_0_answers_every_frame_as_predict_does(server):
 
 @pytest.mark.parametrize("query", ["?track=maybe", "?track=", "?track=" + "%E2%82%AC" * 50],
                          ids=["word", "empty", "long, not ASCII"])
+@pytest.mark.slow  # a server of its own
 def test_a_bad_track_parameter_closes_the_stream_saying_why(server, query):
     counter = 'signs_streams_refused_total{reason="query"}'
     before = metrics(server).get(counter, 0)
@@ -147,6 +150,7 @@ def test_a_bad_track_parameter_closes_the_stream_saying_why(server, query):
     assert metrics(server)[counter] == before + 1
 
 
+@pytest.mark.slow  # a server of its own
 def test_a_bad_frame_leaves_the_tracked_hand_and_the_shown_label_as_they_were(server):
     photos = [jpeg(camera_frame(step)) for step in range(4)]
     with open_stream(server) as stream:
@@ -157,6 +161,7 @@ def test_a_bad_frame_leaves_the_tracked_hand_and_the_shown_label_as_they_were(se
     assert after["tracked"] is True and after["shown"] == held[-1]["shown"]
 
 
+@pytest.mark.slow  # a server of its own
 def test_a_large_photo_decoded_at_reduced_size_is_tracked_in_its_own_pixels(server):
     """A 1920x1440 JPEG is decoded at half size (its draft mode): the last frame's points go in and come out in
     the photo's own pixels."""
