@@ -13,7 +13,8 @@ class Prediction(BaseModel):
 class HandFound(BaseModel):
     found: bool = Field(description="whether the hand finder found a hand; when it did not, the whole photo was read "
                                     "and the answer is not confident")
-    score: float | None = Field(None, description="the hand finder's certainty, 0 to 1")
+    score: float | None = Field(None, description="the hand finder's certainty, 0 to 1: the palm's score times the "
+                                                  "hand's presence; on a stream's tracked frame the presence alone")
     crop: list[int] | None = Field(None, description="the square the model read: left, top, right, bottom in the "
                                                      "photo's pixels (after EXIF orientation; it may reach past "
                                                      "the edges), the hand cut out of it onto SIGNS' background; "
