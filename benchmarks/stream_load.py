@@ -280,7 +280,8 @@ def main() -> None:
         pass
 
     port = free_port()
-    command = serve_command(args.model, port, "--max-streams", str(max(args.levels)), *args.serve_args.split())
+    # twice the most cameras: a level's streams may still be closing on the server when the next level opens its own
+    command = serve_command(args.model, port, "--max-streams", str(2 * max(args.levels)), *args.serve_args.split())
     env = os.environ | ({"SIGNS_API_KEY": args.api_key} if args.api_key else {})
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "stream_load_server.log"
     try:
