@@ -24,15 +24,14 @@ import io
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from predict_files import cpu_name
 from serve_load import SHARED, ServerFailed, free_port, percentile, serve_command, start, stop
 
 FRAMES = SHARED / "real" / "hands_frames"
@@ -182,23 +181,6 @@ def level_summary(tallies: list[ClientTally], seconds: float) -> dict[str, float
 # --- report ---------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    """The machine's CPU model, from /proc/cpuinfo, else lscpu, else what Python knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "an unknown CPU"
-
-
 def print_table(medians: dict[tuple[str, int], dict[str, float]], fps: float | None) -> None:
     print(f"\n{'tracking':>8}{'clients':>8}{'frames/s each':>15}{'slowest':>9}{'rtt p50 ms':>12}{'rtt p95 ms':>12}"
           f"{'server p50':>12}{'server p95':>12}{'tracked':>9}{'dropped':>9}{'errors':>8}")
@@ -290,7 +272,7 @@ def main() -> None:
         sys.exit(f"stream_load: {error}")
     url = f"ws://127.0.0.1:{port}/stream" + (f"?api_key={args.api_key}&" if args.api_key else "?")
     mode = f"a frame every 1/{args.fps:g} s" if args.fps else "the next frame when the previous is answered"
-    print(f"CPU: {cpu_name()} x {os.cpu_count()}; {args.runs} runs x {args.seconds:g} s per level; "
+    print(f"CPU: {cpu_name()}; {args.runs} runs x {args.seconds:g} s per level; "
           f"{len(frames)} frames of {FRAME_SIZE[0]}x{FRAME_SIZE[1]} JPEG (mean {sum(map(len, frames)) // len(frames)} "
           f"bytes) from {args.frames_dir}; {mode}; signs serve {args.serve_args}".rstrip(), flush=True)
     results: dict[tuple[str, int], list[dict[str, float]]] = {(track, clients): [] for clients in args.levels
