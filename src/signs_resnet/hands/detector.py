@@ -160,7 +160,7 @@ class HandFinder:
         if not palm_side >= 1 or not np.isfinite(box).all() or not np.isfinite(up).all():
             return None
         centre = (box[:2] + box[2:]) / 2 + up * PALM_TO_HAND_SHIFT * palm_side
-        return centre, PALM_TO_HAND_SCALE * palm_side, math.atan2(up[0], -up[1]), float(scores[best])
+        return centre, PALM_TO_HAND_SCALE * palm_side, _upright_angle(up), float(scores[best])
 
 
 def region_from_points(points: np.ndarray) -> tuple[np.ndarray, float, float] | None:
@@ -176,7 +176,7 @@ def region_from_points(points: np.ndarray) -> tuple[np.ndarray, float, float] | 
     if length < 1:
         return None
     up /= length
-    angle = math.atan2(up[0], -up[1])
+    angle = _upright_angle(up)
     cos, sin = math.cos(angle), math.sin(angle)
     # The points in the hand's upright frame (the photo's turned by -angle), boxed there, the box turned back.
     upright = points[list(TRACK_POINTS)] @ np.array([[cos, -sin], [sin, cos]])
@@ -188,6 +188,12 @@ def region_from_points(points: np.ndarray) -> tuple[np.ndarray, float, float] | 
     if not side >= 1:
         return None
     return centre, side, angle
+
+
+def _upright_angle(up: np.ndarray) -> float:
+    """The angle that turns the direction `up` (the wrist towards the fingers, in the photo's pixels) to point
+    up: what the landmark model's square is turned by, from a palm or from the last frame's points."""
+    return math.atan2(up[0], -up[1])
 
 
 def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
