@@ -5,14 +5,12 @@ webcam frames; the rule itself in test_smoothing.py."""
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
 from conftest import SHARED, start_server
 from PIL import Image
-from test_stream import closed_with, metrics, wait_for_open_streams
-from websockets.sync.client import connect
+from test_stream import ask, closed_with, metrics, open_stream, wait_for_open_streams
 
 from signs_resnet.hands import detector
 from signs_resnet.smoothing import HOLD_FRAMES, ShownAnswer
@@ -86,16 +84,8 @@ def server(model_file, tmp_path_factory):
     server.stop()
 
 
-def open_stream(server, query: str = ""):
-    return connect(server.url.replace("http://", "ws://") + "/stream" + query, open_timeout=10, close_timeout=5)
-
-
 def answers_to(stream, photos: list[bytes]) -> list[dict]:
-    answers = []
-    for photo in photos:
-        stream.send(photo)
-        answers.append(json.loads(stream.recv(60)))
-    return answers
+    return [ask(stream, photo, timeout=60) for photo in photos]
 
 
 @pytest.mark.slow  # a server of its own
@@ -103,7 +93,7 @@ def test_a_moving_hand_is_tracked_then_lost_when_it_leaves_and_detected_again(se
     moving = [camera_frame(step) for step in range(6)]
     wall = Image.new("RGB", (640, 480), WALL)
     photos = [jpeg(picture) for picture in moving + [wall] * HOLD_FRAMES + [moving[0]]]
-    with open_stream(server) as stream:
+    with open_stream(server, "") as stream:
         answers = answers_to(stream, photos)
     assert [answer["frame"] for answer in answers] == list(range(1, len(photos) + 1))
     hands = answers[:len(moving)]
@@ -153,7 +143,7 @@ def test_a_bad_track_parameter_closes_the_stream_saying_why(server, query):
 @pytest.mark.slow  # a server of its own
 def test_a_bad_frame_leaves_the_tracked_hand_and_the_shown_label_as_they_were(server):
     photos = [jpeg(camera_frame(step)) for step in range(4)]
-    with open_stream(server) as stream:
+    with open_stream(server, "") as stream:
         held = answers_to(stream, photos[:3])
         broken = answers_to(stream, [b"not an image"])[0]
         after = answers_to(stream, photos[3:])[0]
@@ -168,7 +158,7 @@ def test_a_large_photo_decoded_at_reduced_size_is_tracked_in_its_own_pixels(serv
     def large(step: int) -> bytes:
         return jpeg(camera_frame(step).resize((1920, 1440), Image.Resampling.BICUBIC))
 
-    with open_stream(server) as stream:
+    with open_stream(server, "") as stream:
         first, second = answers_to(stream, [large(0), large(1)])
     assert first["hand"]["found"] and second["tracked"] is True
     moved = np.array(second["hand"]["points"]) - np.array(first["hand"]["points"])
