@@ -196,3 +196,49 @@ def test_augmented_grid_shows_the_photos_then_their_augmentations(tmp_path):
     assert pixels.shape == (3, 3 * 64, 5 * 64)
     assert torch.equal(pixels[:, :64, :64], images[0]) and torch.equal(pixels[:, :64, -64:], images[-1])
     assert (pixels[:, 64:].float() - pixels[:, :64].repeat(1, 2, 1).float()).abs().mean() > 10  # augmented
+
+
+def test_each_group_weighs_the_same_in_the_fit_however_many_photos_it_holds():
+    """fit_combination with groups: 900 photos shown SIGNS' way, on which the network is right and sure and the
+    reading wrong one time in three; 100 shown another way, on which the network is sure and wrong and the
+    reading right. By number the network's photos win the fit and the other way is never answered right; with
+    each group weighing half, the reading weighs more against the network and both ways are mostly right."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 6, (1000,), generator=generator)
+    other = torch.arange(1000) >= 900
+    slip = (torch.arange(1000) % 3 == 0) & ~other
+    network = torch.full((1000, 6), 0.01)
+    network[torch.arange(1000), torch.where(other, (labels + 1) % 6, labels)] = 0.95
+    landmarks = torch.full((1000, 6), 0.1)
+    landmarks[torch.arange(1000), torch.where(slip, (labels + 2) % 6, labels)] = 0.5
+
+    def right(a: float, b: float) -> tuple[float, float]:
+        said = (a * network.log() + b * landmarks.log()).argmax(1) == labels
+        return said[~other].float().mean().item(), said[other].float().mean().item()
+
+    a, b = robustness.fit_combination(network, landmarks, labels)
+    a_grouped, b_grouped = robustness.fit_combination(network, landmarks, labels, other.long())
+    assert a_grouped / b_grouped < a / b
+    assert right(a, b)[1] < 0.1 and min(right(a_grouped, b_grouped)) > 0.6
+    assert sum(right(a_grouped, b_grouped)) > sum(right(a, b)) + 0.5
+
+
+def test_the_sharpness_keeps_the_answers_and_makes_them_as_sure_as_they_are_right():
+    """fit_sharpness: weights whose answers are right 80% of the time at a top probability of 0.5 are scaled up
+    together: the same answers, a top probability near the share right, a lower log loss."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 6, (1000,), generator=generator)
+    said = torch.where(torch.arange(1000) % 5 == 0, (labels + 1) % 6, labels)
+    network = torch.full((1000, 6), 0.1)
+    network[torch.arange(1000), said] = 0.5
+    landmarks = torch.full((1000, 6), 1 / 6)
+    a, b = robustness.fit_sharpness(network, landmarks, labels, (1.0, 1.0))
+    assert a > 1.0 and a == pytest.approx(b)
+
+    def answers(a: float, b: float) -> torch.Tensor:
+        return (a * network.log() + b * landmarks.log()).softmax(1)
+
+    assert torch.equal(answers(a, b).argmax(1), answers(1.0, 1.0).argmax(1))
+    assert answers(a, b).max(1).values.mean() == pytest.approx(0.8, abs=0.03)
+    assert (torch.nn.functional.nll_loss(answers(a, b).log(), labels)
+            < torch.nn.functional.nll_loss(answers(1.0, 1.0).log(), labels))
