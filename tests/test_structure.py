@@ -19,6 +19,7 @@ FORBIDDEN = {
     "artifact": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
     "scores": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
     "extras": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
+    "user_cache": {"model", "model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
     "model": {"model_file", "hands", "data", "answer", "training", "inference", "serving", "cli"},
     "hands": {"model_file", "data", "answer", "training", "inference", "serving", "cli"},
     "model_file": {"hands", "data", "answer", "training", "inference", "serving", "cli"},
