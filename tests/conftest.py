@@ -20,6 +20,31 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def signs_home(tmp_path_factory) -> Path:
+    """One SIGNS_HOME for the whole run, in its temporary folder, seen by every command the tests start
+    (command_environment): OpenVINO's conversions cached there are shared by the run's servers and commands and never
+    written into the user's cache folder. The installed hand models are linked into it."""
+    from signs_resnet.hands.model_files import CACHE_PART, HandModelError, model_paths
+
+    home = tmp_path_factory.mktemp("signs-home")
+    (home / CACHE_PART).mkdir()
+    try:
+        for name, path in model_paths().items():  # where an install has them, looked up before SIGNS_HOME is set
+            (home / CACHE_PART / name).symlink_to(path.resolve())
+    except HandModelError:
+        pass  # not installed: the run sees no hand models, as it would have without SIGNS_HOME
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIGNS_HOME", str(home))
+        yield home
+
+
+def command_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a command a test starts: none of the caller's SIGNS_ settings but the run's SIGNS_HOME
+    (signs_home), then `env`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_") or k == "SIGNS_HOME"} | (env or {})
+
+
 @pytest.fixture(scope="session")
 def signs_dir() -> Path:
     return SHARED / "signs"
@@ -166,7 +191,7 @@ def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None 
     grpc_port = free_port() if grpc else None
     command = [sys.executable, "-m", "signs_resnet", "serve", "--model", str(model), "--port", str(port), *args,
                *(["--grpc-port", str(grpc_port)] if grpc else [])]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")} | (env or {})
+    environment = command_environment(env)
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
     scheme = "https" if "--ssl-certfile" in args else "http"

@@ -6,23 +6,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, ROOT, SHARED, free_port, random_images, save_jpeg
+from conftest import API_KEY, ROOT, SHARED, command_environment, free_port, random_images, save_jpeg
 
 from signs_resnet.cli import build_parser
 from signs_resnet.data import datasets
 
 
 def signs(*args, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")} | (env or {})
     return subprocess.run([sys.executable, "-m", "signs_resnet", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=environment, cwd=cwd)
+                          timeout=300, env=command_environment(env), cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ every batch (HalvedBatchNorm below). Everything else (the seeded shuffle and its
 the learning-rate schedule, AdamW) must then agree to float rounding.
 """
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, write_h5
+from conftest import ROOT, command_environment, write_h5
 
 from signs_resnet import load_model
 from signs_resnet.data import datasets
@@ -39,8 +38,7 @@ TOLERANCE = 1e-3
 def torchrun(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(PROCESSES),
                "-m", "signs_resnet", "train", *map(str, args)]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")}
-    environment |= {"OMP_NUM_THREADS": "1"} | (env or {})
+    environment = command_environment({"OMP_NUM_THREADS": "1"} | (env or {}))
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=ROOT)
 
 

@@ -1,17 +1,16 @@
 """benchmarks/serve_load.py end to end: our server and the same server from another source tree, posting a 64x64
 SIGNS photo and a real one for half a second each; and its clear errors."""
 
-import os
 import re
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, command_environment
 
 
 def run_serve_load(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")}
+    environment = command_environment()
     return subprocess.run([sys.executable, "benchmarks/serve_load.py", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=environment)
 

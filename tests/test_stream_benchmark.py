@@ -1,16 +1,15 @@
 """benchmarks/stream_load.py end to end: the real server on a loopback port, one camera on /stream for a second."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, command_environment
 
 
 def run_stream_load(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SIGNS_")}  # no key of the caller's
+    environment = command_environment()  # no key of the caller's
     return subprocess.run([sys.executable, "benchmarks/stream_load.py", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=environment)
 

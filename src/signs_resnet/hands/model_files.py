@@ -10,7 +10,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from signs_resnet import artifact
+from signs_resnet import artifact, user_cache
 
 PALM_FILE, LANDMARK_FILE = "palm_detection_full.tflite", "hand_landmark_full.tflite"
 SHA256 = {PALM_FILE: "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
@@ -26,21 +26,12 @@ WHEEL_SHA256 = "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3
 WHEEL_MEMBERS = {PALM_FILE: "mediapipe/modules/palm_detection/palm_detection_full.tflite",
                  LANDMARK_FILE: "mediapipe/modules/hand_landmark/hand_landmark_full.tflite"}
 FETCH = "run `signs fetch-hand-models`"
+CACHE_PART = "hand-models"  # their folder in the user cache folder (user_cache.folder)
 
 
 class HandModelError(ValueError):
     """The hand models cannot be used (missing, changed, or refused by OpenVINO): a broken install, not a
     bad photo, so it is never reported as one."""
-
-
-def cache_folder() -> Path:
-    """Where `fetch_hand_models` keeps the models: $SIGNS_HOME/hand-models, else the platform's user cache
-    folder (~/.cache/signs-resnet/hand-models on Linux)."""
-    if os.environ.get("SIGNS_HOME"):
-        return Path(os.environ["SIGNS_HOME"]) / "hand-models"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("signs-resnet", appauthor=False)) / "hand-models"
 
 
 def verified(path: Path) -> Path:
@@ -61,7 +52,7 @@ def model_paths() -> dict[str, Path]:
             return {name: verified(BESIDE / name) for name in SHA256}
         except HandModelError:
             pass  # a changed copy beside the package: the cache folder's, if it has them
-    folder = cache_folder()
+    folder = user_cache.folder(CACHE_PART)
     return {name: verified(folder / name) for name in SHA256}
 
 
@@ -101,7 +92,7 @@ def fetch_hand_models() -> list[Path]:
         return list(model_paths().values())
     except HandModelError:
         pass
-    folder = cache_folder()
+    folder = user_cache.folder(CACHE_PART)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as download:

@@ -6,8 +6,8 @@ probabilities N x classes, for the same trained model:
     auto           openvino-int8 when the model's int8 graph is beside it, else openvino
     openvino-int8  OpenVINO on the int8 graph `signs export --format onnx-int8` wrote beside the model
                    (model.int8.onnx, exported from this very model); int8 kernels on AMX/VNNI
-    openvino       OpenVINO, converted from the PyTorch model at start-up; on CPUs with AMX or
-                   AVX512-BF16 it runs in bfloat16 (its default there), else fp32
+    openvino       OpenVINO, converted from the PyTorch model at its first start (openvino_cache keeps the
+                   conversion); on CPUs with AMX or AVX512-BF16 it runs in bfloat16 (its default there), else fp32
     onnx           ONNX Runtime on the exported graph (export.py), fp32
     torch-bf16     PyTorch eager, batch norms folded, bfloat16 weights (autocast)
     torch-fp32     PyTorch eager, the trained network with its batch norms folded into the convolutions
@@ -24,12 +24,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from signs_resnet.inference.forward import optimize_for_inference, predict
 from signs_resnet.model_file import LoadedModel
+
+if TYPE_CHECKING:
+    import openvino
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +80,33 @@ def load_engine(model: LoadedModel, name: str, threads: int = 0, batch_size: int
 
 
 def _openvino(model: LoadedModel, threads: int, int8: Path | None = None) -> Engine:
-    """OpenVINO on the int8 graph in file `int8`, or else on the PyTorch model converted now."""
+    """OpenVINO on the int8 graph in file `int8`, or else on the PyTorch model converted (or its conversion cached by
+    an earlier start, openvino_cache)."""
     import openvino
 
-    from signs_resnet.inference.export import probabilities_module
+    from signs_resnet.inference import openvino_cache
 
     height, width, channels = model.input_shape
     started = time.perf_counter()
     if int8:
         converted = openvino.Core().read_model(str(int8))
+        source = f"read {int8.name} in {time.perf_counter() - started:.1f} s"
+    elif (converted := openvino_cache.read(model)) is not None:
+        source = f"read its cached conversion in {time.perf_counter() - started:.1f} s"
     else:
-        with torch.inference_mode(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript tracer's deprecation notices
-            converted = openvino.convert_model(probabilities_module(model, for_openvino=True),
-                                               example_input=torch.rand(1, channels, height, width))
+        converted = _converted(model)
+        source = f"converted the PyTorch model in {time.perf_counter() - started:.1f} s"
+        saving = time.perf_counter()
+        cached = openvino_cache.write(model, converted)
+        source += f", cached it in {time.perf_counter() - saving:.1f} s" if cached else ", not cached"
+    read = time.perf_counter()
     converted.reshape({converted.inputs[0]: openvino.PartialShape([-1, channels, height, width])})
     config = {"PERFORMANCE_HINT": "LATENCY"} | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
     compiled = openvino.Core().compile_model(converted, "CPU", config)
     request = compiled.create_infer_request()
     hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
     precision = "int8" if int8 else "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
-    log.info("compiled the model for OpenVINO (%s) in %.1f s", precision, time.perf_counter() - started)
+    log.info("OpenVINO (%s): %s, compiled in %.1f s", precision, source, time.perf_counter() - read)
     probabilities = compiled.outputs[0]
 
     def run(images: torch.Tensor) -> torch.Tensor:
@@ -105,6 +114,19 @@ def _openvino(model: LoadedModel, threads: int, int8: Path | None = None) -> Eng
         return torch.from_numpy(request.infer({0: images.numpy()})[probabilities].copy())
 
     return Engine(model, "openvino-int8" if int8 else "openvino", precision, run)
+
+
+def _converted(model: LoadedModel) -> openvino.Model:
+    """The model's whole prediction step converted to an OpenVINO network (a TorchScript trace: seconds)."""
+    import openvino
+
+    from signs_resnet.inference.export import probabilities_module
+
+    height, width, channels = model.input_shape
+    with torch.inference_mode(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript tracer's deprecation notices
+        return openvino.convert_model(probabilities_module(model, for_openvino=True),
+                                      example_input=torch.rand(1, channels, height, width))
 
 
 def warm_up(engine: Engine, max_batch_size: int) -> float:
