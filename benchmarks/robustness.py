@@ -448,9 +448,9 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
         network = predict(model, reference.images)
         # The weights' ratio (which class wins) from counts shown SIGNS' way and other ways (the painted photos),
         # weighing half each: people show both, and by number SIGNS' way would be 3 in 4 of the loss. Their scale
-        # (how sure the answers are) and the threshold from the shifted photos alone: the painted ones carry the
-        # ghost of a finger, which makes them harder to be sure of than people's photos (docs/robustness.md,
-        # "The combination").
+        # (how sure the answers are) and the threshold from the shifted photos alone: a painted-out finger is
+        # simply gone where a folded one would show, which makes them harder to be sure of than people's photos
+        # (docs/robustness.md, "The combination").
         plain = torch.arange(len(reference.labels)) < len(val.labels) * REFERENCE_COPIES
         landmarks = reference.landmarks(model.classes)
         weights = fit_combination(network, landmarks, reference.labels, (~plain).long())
