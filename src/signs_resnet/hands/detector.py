@@ -67,6 +67,11 @@ class HandFinder:
                                  f"{str(error).strip().splitlines()[0]}") from None
         self._anchors = _anchors()
         self._local = threading.local()
+        # Each model once, in the one thread that builds the finder, so that no decoding thread makes OpenVINO's
+        # first tensor access: two making it at once deadlocked a `signs predict` (both threads in a C++ static's
+        # initialisation under InferRequest.infer, py-spy, 2026-12-06; not reproduced in 30 fresh runs).
+        for model in (self._palm, self._landmarks):
+            model.create_infer_request().infer([np.zeros(tuple(model.input(0).shape), np.float32)])
 
     def _requests(self):
         if not hasattr(self._local, "palm"):
