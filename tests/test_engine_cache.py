@@ -150,6 +150,7 @@ def test_a_damaged_entry_is_converted_again_and_replaced(first_load, home, caplo
     assert any(READ in m for m in messages) and warnings == [], messages
 
 
+@pytest.mark.slow
 def test_another_model_gets_its_own_entry(first_load, uniform_model_file, home, caplog):
     entry = cached_copy(first_load, home)
     manifest = (entry / "manifest.json").read_bytes()
@@ -199,7 +200,7 @@ def read_only_cache_folder(home: Path) -> None:
 
 
 @pytest.mark.parametrize("unwritable", [
-    cache_folder_is_a_file,
+    pytest.param(cache_folder_is_a_file, marks=pytest.mark.slow),
     pytest.param(read_only_cache_folder, marks=pytest.mark.skipif(
         os.geteuid() == 0, reason="root writes into a read-only folder; the file case covers it")),
 ])
