@@ -33,8 +33,8 @@ augmented like training photos, enlarged 4x and read as the product reads a phot
 and the reading; the combination's weights are those with the least log loss on them, the photos shown SIGNS'
 way and those shown other ways weighing half each (fit_combination), then scaled together to the least log loss
 on the photos shown SIGNS' way (fit_sharpness), and the threshold the lowest probability above which the
-confident answers among those are >= 98% right (confident_threshold). real/ is only measured here: nothing is fitted to it; it is the set recipes are chosen
-with, not a clean test (docs/robustness.md, "What real/ chose").
+confident answers among those are >= 98% right (confident_threshold). real/ is only measured here: nothing is
+fitted to it; it is the set recipes are chosen with, not a clean test (docs/robustness.md, "What real/ chose").
 
 --out DIR writes results.json, and for each model grids of real photos with its answers (right in green,
 wrong in red, the hand's square in yellow): DIR/<model>/<set>.png (a sample), DIR/<model>/<set>_read.png (the
@@ -236,14 +236,19 @@ def targets_line(rows: list[dict]) -> str:
     return "targets (median over the models): " + "; ".join(parts)
 
 
+def _read_logs(network: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which photos have a reading (the landmarks' rows that are not all zero), and the network's and the landmarks'
+    log-probabilities on those."""
+    read = landmarks.sum(1) > 0
+    return read, network[read].clamp_min(1e-12).log(), landmarks[read].clamp_min(1e-12).log()
+
+
 def fit_combination(network: torch.Tensor, landmarks: torch.Tensor, labels: torch.Tensor,
                     groups: torch.Tensor | None = None) -> tuple[float, float]:
     """The weights (a, b) on WEIGHTS' grid whose answers p_net^a x p_count^b (answer.posterior) have the least
-    log loss on photos with a reading (the landmarks' rows that are not all zero). With `groups` (an integer per
-    photo) each group weighs the same in the loss, however many photos it holds."""
-    read = landmarks.sum(1) > 0
-    log_net = network[read].clamp_min(1e-12).log()
-    log_count = landmarks[read].clamp_min(1e-12).log()
+    log loss on photos with a reading. With `groups` (an integer per photo) each group weighs the same in the
+    loss, however many photos it holds."""
+    read, log_net, log_count = _read_logs(network, landmarks)
     group = torch.zeros(int(read.sum()), dtype=torch.long) if groups is None else groups[read]
     weight = 1 / torch.bincount(group).float()[group]
     best = (float("inf"), 1.0, 1.0)
@@ -260,8 +265,8 @@ def fit_sharpness(network: torch.Tensor, landmarks: torch.Tensor, labels: torch.
                   weights: tuple[float, float]) -> tuple[float, float]:
     """The weights (a, b) times the factor on SHARPNESS' grid whose answers have the least log loss on photos with
     a reading: the same ranking of the classes (the same answers), made as sure as these photos show it can be."""
-    read = landmarks.sum(1) > 0
-    logits = (weights[0] * network[read].clamp_min(1e-12).log() + weights[1] * landmarks[read].clamp_min(1e-12).log())
+    read, log_net, log_count = _read_logs(network, landmarks)
+    logits = weights[0] * log_net + weights[1] * log_count
     loss, factor = min((torch.nn.functional.cross_entropy(s * logits, labels[read]).item(), s) for s in SHARPNESS)
     return round(weights[0] * factor, 3), round(weights[1] * factor, 3)
 
