@@ -84,12 +84,12 @@ def main() -> None:
                                   cwd=args.compare_tree).stdout.strip() or args.compare_tree.name
         variants[f"tree:{revision}"] = ([], args.compare_tree.resolve())
     batched, baseline_name = list(variants)
-    model = str(Path(args.model).resolve())
+    model, folder = str(Path(args.model).resolve()), str(Path(args.data).resolve())
     times: dict[str, list[float]] = {name: [] for name in variants}
     labels: dict[str, dict[str, str]] = {}
     for _ in range(args.runs):
         for name, (extra, tree) in variants.items():
-            seconds, labels[name] = run_once(model, str(Path(args.data).resolve()), extra, tree)
+            seconds, labels[name] = run_once(model, folder, extra, tree)
             times[name].append(seconds)
     photos = len(labels[batched])
     differ = sum(labels[batched][path] != labels[baseline_name].get(path) for path in labels[batched])
