@@ -33,13 +33,15 @@ def _finger(index: int, bends: tuple[float, float, float]) -> list[np.ndarray]:
 
 def drawn_hand(fingers: list[tuple[float, float, float]], thumb: str) -> np.ndarray:
     """21 points in 3-D: the four fingers bent as given (index to little); the thumb "out" (spread, straight),
-    "folded" (across the palm), "over" (over curled fingers, as in a fist) or "o" (its tip on the index's)."""
+    "side" (straight, out to the side, square to the index: many people's 5), "folded" (across the palm), "over"
+    (over curled fingers, as in a fist) or "o" (its tip on the index's)."""
     world = np.zeros((21, 3))
     for index, bends in enumerate(fingers, 1):
         world[4 * index + 1:4 * index + 5] = _finger(index, bends)
     world[1] = base = np.array([-1.8, 1.8, -0.5])
-    if thumb == "out":
-        direction = np.array([-0.75, 0.66, -0.1]) / np.linalg.norm([-0.75, 0.66, -0.1])
+    if thumb in ("out", "side"):
+        direction = np.array([-0.75, 0.66, -0.1] if thumb == "out" else [-1.0, 0.1, -0.1])
+        direction /= np.linalg.norm(direction)
         world[2], world[3], world[4] = base + 3.2 * direction, base + 6.0 * direction, base + 8.3 * direction
     elif thumb in ("folded", "over"):
         steps = ([(-1.2, 2.6, -1.0), (1.8, 1.4, -1.4), (1.9, 0.3, -0.6)] if thumb == "folded"
@@ -64,7 +66,8 @@ def seen(world: np.ndarray, turn: float = 0.0, mirrored: bool = False, scale: fl
 
 
 WAYS = {  # name: (fingers index to little, thumb, count)
-    "5": ([UP] * 4, "out", 5), "4, thumb folded": ([UP] * 4, "folded", 4),
+    "5": ([UP] * 4, "out", 5), "5, thumb out to the side": ([UP] * 4, "side", 5),
+    "4, thumb folded": ([UP] * 4, "folded", 4),
     "3: thumb, index, middle (SIGNS)": ([UP, UP, CURLED, CURLED], "out", 3),
     "3: middle, ring, little": ([CURLED, UP, UP, UP], "over", 3),
     "3: index, middle, ring": ([UP, UP, UP, CURLED], "folded", 3),

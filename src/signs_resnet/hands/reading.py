@@ -3,7 +3,7 @@ an O, and from them the probability of each count of fingers 0-5, whichever fing
 (docs/robustness.md, "The hand's reading").
 
     each finger held up:  one logistic model for the four fingers (its tip's reach from the wrist), one for the
-                          thumb (its reach, its bend and its angle to the palm, in 3-D)
+                          thumb (its bend and how far its tip lies across the palm, in 3-D)
     an O:                 a logistic model on the thumb's tip against the nearest fingertip and the longest finger
     the count:            P(O) for 0, else the sum of five independent fingers (a Poisson-binomial distribution)
 
@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 READING_FILE = Path(__file__).with_name("finger_reading.json")
-READING_SHA256 = "56727fb5ff82761dc999819b579fa754db6ff56404e6d56df3f88964260aa654"
+READING_SHA256 = "80d354b11a609147860a0c73d9da62a8b867f48df2cfbf5f544ac9ab64ac527c"
 FINGERS = ((5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))  # knuckle, joints, tip
 TIPS = (8, 12, 16, 20)
 PALM_CENTRE = (0, 5, 9, 13, 17)  # the palm's centre: the mean of the wrist and the four knuckles
 # The features each model reads (features() computes them all).
-THUMB_FEATURES = ("thumb_reach", "thumb_bend", "thumb_spread")
+THUMB_FEATURES = ("thumb_bend", "thumb_across")
 FINGER_FEATURES = ("finger_reach",)
 O_FEATURES = ("thumb_to_tips", "longest_finger", "longest_chain")
 
@@ -53,7 +53,10 @@ def features(points: np.ndarray, world: np.ndarray) -> dict[str, np.ndarray]:
     finger_reach    each finger's tip's distance from the wrist over its middle joint's (photo)
     thumb_reach     the thumb's tip's distance from the palm's centre over the palm's length (photo)
     thumb_bend      the thumb's two joints' bends added, in degrees (3-D)
-    thumb_spread    the angle between the thumb (its base joint to tip) and the index's bone in the palm (3-D)
+    thumb_across    how far the thumb's tip lies across the palm, from the index's knuckle towards the little
+                    finger's, in that span (0: level with the index's knuckle; 1: with the little finger's; below 0:
+                    held out beside the index; 3-D). A thumb folded over the palm and one held out to the side make
+                    the same angle with the index, but lie on either side of its knuckle.
     thumb_to_tips   the thumb's tip's distance to the nearest fingertip over the palm's length (photo)
     longest_finger  the largest finger_reach
     longest_chain   the largest share of a finger's chain of bones that its tip's distance from the wrist spans
@@ -64,6 +67,8 @@ def features(points: np.ndarray, world: np.ndarray) -> dict[str, np.ndarray]:
     palm = lengths[:, 9]
     centre = points[:, list(PALM_CENTRE)].mean(1)
     finger_reach = np.stack([from_wrist[:, tip] / lengths[:, tip - 2] for tip in TIPS], 1)
+    across = world[:, 17] - world[:, 5]  # the palm's width, the index's knuckle to the little finger's
+    span = (across * across).sum(-1)
     chains = []
     for knuckle, *_ in FINGERS:
         chain = [0, knuckle, knuckle + 1, knuckle + 2, knuckle + 3]
@@ -74,7 +79,7 @@ def features(points: np.ndarray, world: np.ndarray) -> dict[str, np.ndarray]:
         "thumb_reach": np.linalg.norm(points[:, 4] - centre, axis=-1) / palm,
         "thumb_bend": (_angle(world[:, 2] - world[:, 1], world[:, 3] - world[:, 2])
                        + _angle(world[:, 3] - world[:, 2], world[:, 4] - world[:, 3])),
-        "thumb_spread": _angle(world[:, 4] - world[:, 2], world[:, 5] - world[:, 0]),
+        "thumb_across": ((world[:, 4] - world[:, 5]) * across).sum(-1) / np.where(span > 1e-12, span, np.nan),
         "thumb_to_tips": np.linalg.norm(points[:, list(TIPS)] - points[:, 4:5], axis=-1).min(1) / palm,
         "longest_finger": finger_reach.max(1),
         "longest_chain": np.stack(chains, 1).max(1),

@@ -147,7 +147,7 @@ MASK_DARKNESS_WEIGHT = 0.3
 MASK_THRESHOLD, MASK_SOFTNESS = 0.08, 0.02
 # ... and only where it has colour: skin is saturated, the hand's shadow on the wall is gray. Kept as hand, a
 # shadow pasted onto a new background is an extra finger, and a SIGNS "4" was read as "5" (docs/robustness.md,
-# "The shadow fix"). Chosen by eye on training photos of "2" and "4".
+# "The default: backgrounds, falling to none"). Chosen by eye on training photos of "2" and "4".
 SATURATION_THRESHOLD, SATURATION_SOFTNESS = 0.12, 0.03
 
 
