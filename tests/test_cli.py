@@ -39,6 +39,7 @@ def photos(tmp_path_factory, signs_jpegs) -> Path:
     return root
 
 
+@pytest.mark.slow  # decodes and searches a folder of photos for hands: the quick tier keeps the others
 def test_predict_reads_folders_recursively_through_symlinks_and_reports_a_bad_file(model_file, photos):
     result = signs("predict", "--model", model_file, "--json", "--engine", "torch-fp32", photos)
     assert result.returncode == 1, result.stderr  # one file failed; the others are answered

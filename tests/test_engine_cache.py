@@ -132,7 +132,7 @@ def another_openvinos_manifest(entry: Path) -> None:  # a mismatched entry
 
 
 @pytest.mark.parametrize("damage, reason", [
-    (flip_bytes_in_the_weights, "model.bin is not the file"),
+    pytest.param(flip_bytes_in_the_weights, "model.bin is not the file", marks=pytest.mark.slow),
     pytest.param(truncate_the_graph, "model.xml is not the file", marks=pytest.mark.slow),
     pytest.param(remove_the_manifest, "No such file", marks=pytest.mark.slow),
     pytest.param(another_openvinos_manifest, "not this model's conversion", marks=pytest.mark.slow),

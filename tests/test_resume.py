@@ -84,6 +84,7 @@ def test_ctrl_c_stops_cleanly_after_the_checkpoint_and_resumes(signs_slice, tmp_
     assert load_model(tmp_path / MODEL_FILE).checksum == uninterrupted.checksum
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_corrupt_checkpoint_naming_it(signs_slice, tmp_path):
     checkpoint = tmp_path / CHECKPOINT_FILE
     checkpoint.write_bytes(b"\0" * 1000)

@@ -454,6 +454,7 @@ def test_unexpected_errors_are_logged_and_answered_with_a_generic_500(caplog):
     assert any(record.exc_info and "secret internals" in str(record.exc_info[1]) for record in caplog.records)
 
 
+@pytest.mark.slow  # a process of its own; the quick tier's server tests cover the module
 def test_cli_refuses_a_missing_model_without_a_traceback(tmp_path):
     import subprocess
     import sys
