@@ -51,7 +51,8 @@ def features(points: np.ndarray, world: np.ndarray) -> dict[str, np.ndarray]:
     a length is zero.
 
     finger_reach    each finger's tip's distance from the wrist over its middle joint's (photo)
-    thumb_reach     the thumb's tip's distance from the palm's centre over the palm's length (photo)
+    thumb_reach     the thumb's tip's distance from the palm's centre over the palm's length (photo; read by no
+                    model now, only by the thresholds benchmarks/finger_count.py compares with)
     thumb_bend      the thumb's two joints' bends added, in degrees (3-D)
     thumb_across    how far the thumb's tip lies across the palm, from the index's knuckle towards the little
                     finger's, in that span (0: level with the index's knuckle; 1: with the little finger's; below 0:
