@@ -113,9 +113,13 @@ def fit_reading(points: np.ndarray, world: np.ndarray, counts: np.ndarray) -> re
 
 
 def threshold_counts(points: np.ndarray) -> np.ndarray:
-    """The retired count: fingers past FINGER_OUT, the thumb past THUMB_OUT."""
+    """The retired count: fingers past FINGER_OUT, the thumb past THUMB_OUT (its tip's distance from the palm's
+    centre, the mean of the wrist and the four knuckles, over the palm's length)."""
     values = reading.features(points, np.zeros(points.shape[:2] + (3,)))
-    return (values["thumb_reach"] > THUMB_OUT).astype(int) + (values["finger_reach"] > FINGER_OUT).sum(1)
+    centre = points[:, [0, 5, 9, 13, 17]].mean(1)
+    palm = np.linalg.norm(points[:, 9] - points[:, 0], axis=-1)
+    thumb_reach = np.linalg.norm(points[:, 4] - centre, axis=-1) / np.where(palm > 1e-9, palm, np.nan)
+    return (thumb_reach > THUMB_OUT).astype(int) + (values["finger_reach"] > FINGER_OUT).sum(1)
 
 
 def row(name: str, shown: np.ndarray, counts: np.ndarray) -> str:

@@ -27,7 +27,6 @@ READING_FILE = Path(__file__).with_name("finger_reading.json")
 READING_SHA256 = "80d354b11a609147860a0c73d9da62a8b867f48df2cfbf5f544ac9ab64ac527c"
 FINGERS = ((5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))  # knuckle, joints, tip
 TIPS = (8, 12, 16, 20)
-PALM_CENTRE = (0, 5, 9, 13, 17)  # the palm's centre: the mean of the wrist and the four knuckles
 # The features each model reads (features() computes them all).
 THUMB_FEATURES = ("thumb_bend", "thumb_across")
 FINGER_FEATURES = ("finger_reach",)
@@ -51,8 +50,6 @@ def features(points: np.ndarray, world: np.ndarray) -> dict[str, np.ndarray]:
     a length is zero.
 
     finger_reach    each finger's tip's distance from the wrist over its middle joint's (photo)
-    thumb_reach     the thumb's tip's distance from the palm's centre over the palm's length (photo; read by no
-                    model now, only by the thresholds benchmarks/finger_count.py compares with)
     thumb_bend      the thumb's two joints' bends added, in degrees (3-D)
     thumb_across    how far the thumb's tip lies across the palm, from the index's knuckle towards the little
                     finger's, in that span (0: level with the index's knuckle; 1: with the little finger's; below 0:
@@ -66,7 +63,6 @@ def features(points: np.ndarray, world: np.ndarray) -> dict[str, np.ndarray]:
     from_wrist = np.linalg.norm(points - points[:, :1], axis=-1)  # K x 21
     lengths = np.where(from_wrist > 1e-9, from_wrist, np.nan)
     palm = lengths[:, 9]
-    centre = points[:, list(PALM_CENTRE)].mean(1)
     finger_reach = np.stack([from_wrist[:, tip] / lengths[:, tip - 2] for tip in TIPS], 1)
     across = world[:, 17] - world[:, 5]  # the palm's width, the index's knuckle to the little finger's
     span = (across * across).sum(-1)
@@ -77,7 +73,6 @@ def features(points: np.ndarray, world: np.ndarray) -> dict[str, np.ndarray]:
         chains.append(np.linalg.norm(world[:, knuckle + 3] - world[:, 0], axis=-1) / np.where(bones > 1e-9, bones, np.nan))
     return {
         "finger_reach": finger_reach,
-        "thumb_reach": np.linalg.norm(points[:, 4] - centre, axis=-1) / palm,
         "thumb_bend": (_angle(world[:, 2] - world[:, 1], world[:, 3] - world[:, 2])
                        + _angle(world[:, 3] - world[:, 2], world[:, 4] - world[:, 3])),
         "thumb_across": ((world[:, 4] - world[:, 5]) * across).sum(-1) / np.where(span > 1e-12, span, np.nan),
