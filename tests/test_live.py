@@ -4,7 +4,6 @@ webcam frames of hands, against the real server's /stream."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import SHARED, start_server
 from PIL import Image
-from test_stream import wait_for_open_streams
+from test_stream import ask, open_stream, wait_for_open_streams
 from test_web import ARGS, CHROMIUM
 from websockets.sync.client import connect
 
@@ -86,12 +85,9 @@ def streamed_labels(server, picture: Image.Image, frames: int = 5) -> list[str]:
     """The labels /stream answers to the picture sent `frames` times in a row, as the page sends it: from the
     second frame on, the hand is tracked from the frame before (the landmark model alone, on the square around its
     points), so its points, and a borderline finger's reading, may differ from /predict's a little."""
-    with connect(server.url.replace("http://", "ws://") + "/stream", open_timeout=10) as stream:
-        labels = []
-        for _ in range(frames):
-            stream.send(as_the_page_sends_it(picture))
-            labels.append(json.loads(stream.recv(timeout=60))["label"])
-    return labels
+    frame = as_the_page_sends_it(picture)
+    with open_stream(server, "") as stream:
+        return [ask(stream, frame, timeout=60)["label"] for _ in range(frames)]
 
 
 def held_hand(server, count: str) -> tuple[Image.Image, dict]:
