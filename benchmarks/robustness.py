@@ -30,9 +30,9 @@ they are), its reading counts as many fingers as the answer, and the top probabi
 threshold. For a hold-out model (trained on train_signs alone) it first fixes the recipe's answer settings from
 SIGNS data alone and measures with them: the val_signs photos, each composited onto procedural backgrounds and
 augmented like training photos, enlarged 4x and read as the product reads a photo, are answered by the network
-and the reading; the combination's weights are those with the least log loss on them, the photos shown SIGNS'
-way and those shown other ways weighing half each (fit_combination), then scaled together to the least log loss
-on the photos shown SIGNS' way (fit_sharpness), and the threshold the lowest probability above which the
+and the reading; the combination's ratio is the one with the most of them right, the photos shown SIGNS' way
+and those shown other ways weighing half each (fit_combination), then both weights are scaled together to the
+least log loss on the photos shown SIGNS' way (fit_sharpness), and the threshold the lowest probability above which the
 confident answers among those are >= 98% right (confident_threshold). real/ is only measured here: nothing is
 fitted to it; it is the set recipes are chosen with, not a clean test (docs/robustness.md, "What real/ chose").
 
@@ -76,7 +76,7 @@ from signs_resnet.training.train import fit  # noqa: E402
 REAL_SETS = ("hands_crops", "hands_frames")
 # The share of confident answers that should be right on the shifted SIGNS reference photos.
 CONFIDENT_ACCURACY = 0.98
-REFERENCE_COPIES = 4  # shifted copies of each val_signs photo
+REFERENCE_COPIES = 4  # shifted copies of each val_signs photo, shown SIGNS' way and other ways
 # Counts shown with other fingers than SIGNS shows them, made from val_signs photos by painting fingers out
 # (synthetic.fingers_painted_out; 0 thumb, 1 index ... 4 little): class -> (fingers painted out, the count left).
 OTHER_WAYS = {"1": [((1,), "0")], "2": [((1,), "1"), ((2,), "1")], "3": [((1,), "2"), ((0,), "2")],
@@ -84,8 +84,8 @@ OTHER_WAYS = {"1": [((1,), "0")], "2": [((1,), "1"), ((2,), "1")], "3": [((1,), 
 # The real-photo issue's targets (median over seeds).
 TARGETS = {"crops": 0.93, "frames": 0.95, "real_class": 0.85, "crops_found": 0.96, "test_median": 0.983,
            "test_min": 0.975, "ece": 0.06, "confident_accuracy": 0.98, "confident_coverage": 0.75, "parts": 0.005}
-# The combination's weights are searched on this grid (answer.posterior: p_net^a x p_count^b).
-WEIGHTS = [round(0.05 * i, 2) for i in range(61)]  # 0 to 3
+# The combination's ratio a : b is searched on this grid (answer.posterior: p_net^a x p_count^b).
+RATIOS = [round(0.01 * i, 2) for i in range(301)]  # 0 to 3
 SHARPNESS = [round(0.05 * i, 2) for i in range(10, 61)]  # 0.5 to 3: both weights times one factor (fit_sharpness)
 
 
@@ -245,20 +245,22 @@ def _read_logs(network: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Te
 
 def fit_combination(network: torch.Tensor, landmarks: torch.Tensor, labels: torch.Tensor,
                     groups: torch.Tensor | None = None) -> tuple[float, float]:
-    """The weights (a, b) on WEIGHTS' grid whose answers p_net^a x p_count^b (answer.posterior) have the least
-    log loss on photos with a reading. With `groups` (an integer per photo) each group weighs the same in the
-    loss, however many photos it holds."""
+    """The weights (a, 1), a on RATIOS, or (1, 0), the network alone, whose answers p_net^a x p_count
+    (answer.posterior) are right on the largest share of the photos with a reading, ties to the least log loss.
+    The ratio decides only which class wins, so it is chosen for answers right; how sure they are is
+    fit_sharpness's. With `groups` (an integer per photo) each group weighs the same, however many photos it
+    holds: the mean of the groups' shares right."""
     read, log_net, log_count = _read_logs(network, landmarks)
     group = torch.zeros(int(read.sum()), dtype=torch.long) if groups is None else groups[read]
     weight = 1 / torch.bincount(group).float()[group]
-    best = (float("inf"), 1.0, 1.0)
-    for a in WEIGHTS:
-        for b in WEIGHTS:
-            if a == b == 0:
-                continue
-            losses = torch.nn.functional.cross_entropy(a * log_net + b * log_count, labels[read], reduction="none")
-            best = min(best, (float((losses * weight).sum() / weight.sum()), a, b))
-    return best[1], best[2]
+    best = None
+    for a, b in [(ratio, 1.0) for ratio in RATIOS] + [(1.0, 0.0)]:
+        logits = a * log_net + b * log_count
+        right = ((logits.argmax(1) == labels[read]).float() * weight).sum() / weight.sum()
+        loss = (torch.nn.functional.cross_entropy(logits, labels[read], reduction="none") * weight).sum() / weight.sum()
+        candidate = (-float(right), float(loss), a, b)
+        best = candidate if best is None else min(best, candidate)
+    return best[2], best[3]
 
 
 def fit_sharpness(network: torch.Tensor, landmarks: torch.Tensor, labels: torch.Tensor,
@@ -341,16 +343,18 @@ def other_ways(val: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def shifted_reference(val: datasets.Dataset, copies: int = REFERENCE_COPIES, factor: int = 4) -> PhotoSet:
-    """Each val_signs photo `copies` times, and each once showing its count with other fingers (other_ways), on
-    procedural backgrounds and augmented like training photos (seeded: light, blur, framing), enlarged `factor`
+    """Each val_signs photo `copies` times, and `copies` times showing its count with other fingers (other_ways),
+    on procedural backgrounds and augmented like training photos (seeded: light, blur, framing), enlarged `factor`
     times and read as the product reads a photo (the hand found, cut out and read): SIGNS photos shifted as real
     photos are, built from SIGNS alone."""
     generator = torch.Generator().manual_seed(0)
     others, other_labels = other_ways(val)
-    images = torch.cat([preprocess.scale(val.images).repeat(copies, 1, 1, 1), preprocess.scale(others)])
+    images = torch.cat([preprocess.scale(val.images).repeat(copies, 1, 1, 1),
+                        preprocess.scale(others).repeat(copies, 1, 1, 1)])
     images = augment(composite_backgrounds(images, AugmentConfig(background_probability=1.0), generator), generator)
     pixels = (images * 255).round().clamp(0, 255).byte()
-    return enlarged_set("shifted val_signs", pixels, torch.cat([val.labels.repeat(copies), other_labels]), factor)
+    return enlarged_set("shifted val_signs", pixels, torch.cat([val.labels.repeat(copies), other_labels.repeat(copies)]),
+                        factor)
 
 
 # --- grids ------------------------------------------------------------------------------------

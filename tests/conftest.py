@@ -128,7 +128,7 @@ def make_model_file(path: Path) -> Path:
 
 def make_uniform_model_file(path: Path, confidence_threshold: float = 0.5) -> Path:
     """A model file whose network gives every class the same probability, so that its answer is the hand's count
-    alone (answer.posterior): "5" for sample.jpg only when its hand was found and read as five fingers (about 0.59
+    alone (answer.posterior): "5" for sample.jpg only when its hand was found and read as five fingers (about 0.82
     then, over the threshold), "0" (the first class, not confident) when no hand was found."""
     from signs_resnet.data import preprocess
     from signs_resnet.model import ResNet50

@@ -223,6 +223,27 @@ def test_each_group_weighs_the_same_in_the_fit_however_many_photos_it_holds():
     assert sum(right(a_grouped, b_grouped)) > sum(right(a, b)) + 0.5
 
 
+def test_the_ratio_is_the_one_with_the_most_answers_right():
+    """fit_combination chooses which class wins on answers right, not on log loss: a network right 70% of the time
+    (less sure when wrong), a reading right 80% of the time; no ratio on the grid answers more photos right than
+    the one chosen, and it answers more right than either part."""
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 6, (600,), generator=generator)
+    network = torch.rand(600, 6, generator=generator) * 0.1
+    sure = torch.rand(600, generator=generator) < 0.7
+    network[torch.arange(600), torch.where(sure, labels, (labels + 1) % 6)] = torch.where(sure, 1.0, 0.3)
+    landmarks = torch.rand(600, 6, generator=generator) * 0.5
+    landmarks[torch.arange(600), torch.where(torch.rand(600, generator=generator) < 0.8, labels, (labels + 2) % 6)] = 1
+    network, landmarks = network / network.sum(1, keepdim=True), landmarks / landmarks.sum(1, keepdim=True)
+
+    def right(a: float, b: float) -> int:
+        return int(((a * network.log() + b * landmarks.log()).argmax(1) == labels).sum())
+
+    a, b = robustness.fit_combination(network, landmarks, labels)
+    assert right(a, b) == max(right(ratio, 1.0) for ratio in robustness.RATIOS)
+    assert right(a, b) > max(right(1, 0), right(0, 1))  # both parts count
+
+
 def test_the_sharpness_keeps_the_answers_and_makes_them_as_sure_as_they_are_right():
     """fit_sharpness: weights whose answers are right 80% of the time at a top probability of 0.5 are scaled up
     together: the same answers, a top probability near the share right, a lower log loss."""

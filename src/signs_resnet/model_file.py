@@ -27,7 +27,7 @@ DEFAULT_CONFIDENCE_THRESHOLD = 0.998
 # The weights of the network's and the landmarks' log-probabilities in an answer (answer.posterior) for models
 # written before training stored them: the recipe's, fitted on shifted val_signs photos in its hold-out run
 # (training.config.TrainConfig.network_weight, landmark_weight; docs/robustness.md, "The combination").
-DEFAULT_COMBINATION = (0.247, 1.65)
+DEFAULT_COMBINATION = (0.105, 2.1)
 
 
 @dataclass

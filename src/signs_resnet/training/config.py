@@ -27,12 +27,12 @@ class TrainConfig:
     temperature: float = 0.65
     # The top probability a confident answer needs (answer.is_confident), fixed on shifted val_signs photos in
     # the same hold-out run (docs/accuracy.md, "Confidence").
-    confidence_threshold: float = 0.78
+    confidence_threshold: float = 0.812
     # An answer's probabilities are the network's ^ network_weight x the landmarks' ^ landmark_weight
     # (answer.posterior), the weights fitted on shifted val_signs photos in the same hold-out run
     # (docs/robustness.md, "The combination").
-    network_weight: float = 0.247
-    landmark_weight: float = 1.65
+    network_weight: float = 0.105
+    landmark_weight: float = 2.1
     augment: bool = True
     # The share of each batch composited onto procedural backgrounds (augment.py), falling to none by the last
     # step ("linear") so that SIGNS' own photos are not lost (docs/robustness.md, "The default: backgrounds,
