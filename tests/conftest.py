@@ -79,6 +79,20 @@ def signs_slice(tmp_path_factory, signs_dir) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_slice(tmp_path_factory, signs_slice) -> Path:
+    """The first 32 training and 16 test photos of signs_slice: for tests of training's mechanics (resuming,
+    checkpoints, processes), where a step costs what it costs and the photos' number only adds steps."""
+    from signs_resnet.data.datasets import load_hdf5
+
+    folder = tmp_path_factory.mktemp("tiny_slice")
+    for split, size in (("train", 32), ("test", 16)):
+        dataset = load_hdf5(signs_slice / f"{split}_signs.h5")
+        write_h5(folder / f"{split}_signs.h5", split, dataset.images[:size].permute(0, 2, 3, 1).numpy(),
+                 dataset.labels[:size].numpy())
+    return folder
+
+
 def random_images(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 

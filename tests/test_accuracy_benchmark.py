@@ -18,16 +18,16 @@ from signs_resnet.data.preprocess import load_rgb  # noqa: E402
 pytestmark = pytest.mark.slow  # trains models end to end
 
 
-def test_accuracy_benchmark_prints_the_table_and_keeps_each_seeds_run(signs_slice, tmp_path):
-    result = subprocess.run([sys.executable, "benchmarks/accuracy.py", "--data", str(signs_slice), "--epochs", "1",
+def test_accuracy_benchmark_prints_the_table_and_keeps_each_seeds_run(tiny_slice, tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/accuracy.py", "--data", str(tiny_slice), "--epochs", "1",
                              "--seeds", "0", "1", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
     assert len(rows) == 2 and all(line.count("|") == 7 for line in rows)
-    assert "of 48 test photos are near-duplicates of training photos" in result.stdout
+    assert "of 16 test photos are near-duplicates of training photos" in result.stdout
     assert "median test accuracy" in result.stdout
-    # One epoch on 96 photos is far from the targets: the line must say so rather than pass them.
+    # One epoch on 32 photos is far from the targets: the line must say so rather than pass them.
     assert "targets: median >= 99.2%: NOT met" in result.stdout
     assert "| upscaled 1080x1440 portrait |" in result.stdout
     for seed in (0, 1):

@@ -14,10 +14,9 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, command_environment, write_h5
+from conftest import ROOT, command_environment
 
 from signs_resnet import load_model
-from signs_resnet.data import datasets
 from signs_resnet.model import ResNet50Model
 from signs_resnet.training import train
 from signs_resnet.training.config import CHECKPOINT_FILE, TrainConfig
@@ -43,21 +42,10 @@ def torchrun(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, signs_slice):
-    """32 training photos, 16 test photos."""
-    folder = tmp_path_factory.mktemp("tiny")
-    for split, size in (("train", 32), ("test", 16)):
-        dataset = datasets.load_hdf5(signs_slice / f"{split}_signs.h5")
-        write_h5(folder / f"{split}_signs.h5", split, dataset.images[:size].permute(0, 2, 3, 1).numpy(),
-                 dataset.labels[:size].numpy())
-    return folder
-
-
-@pytest.fixture(scope="module")
-def distributed_run(tiny, tmp_path_factory):
+def distributed_run(tiny_slice, tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     # PYTHONPROFILEIMPORTTIME: every process lists the modules it imports on stderr
-    result = torchrun("--data", tiny, "--out", out, *OPTIONS, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    result = torchrun("--data", tiny_slice, "--out", out, *OPTIONS, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
 
@@ -98,9 +86,9 @@ def fit_in_one_process(data_path, out, resume=False) -> None:
 
 
 @pytest.fixture(scope="module")
-def single_process_run(tiny, tmp_path_factory):
+def single_process_run(tiny_slice, tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    fit_in_one_process(tiny, out)
+    fit_in_one_process(tiny_slice, out)
     return out
 
 
@@ -155,10 +143,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(distributed_
         assert ours["train_accuracy"] == reference["train_accuracy"]
 
 
-def test_resume_continues_a_checkpoint(tiny, single_process_run, tmp_path):
+def test_resume_continues_a_checkpoint(tiny_slice, single_process_run, tmp_path):
     """Rank 0 alone reads the checkpoint (written after epoch 1 of 2) and hands it to the other process."""
     shutil.copy(single_process_run / "epoch-1.safetensors", tmp_path / CHECKPOINT_FILE)
-    result = torchrun("--data", tiny, "--out", tmp_path, *OPTIONS, "--resume")
+    result = torchrun("--data", tiny_slice, "--out", tmp_path, *OPTIONS, "--resume")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.count("after epoch 1") == 1
     assert "parameters identical on all 2 processes" in result.stderr  # rank 1 got the optimizer state too
@@ -167,14 +155,14 @@ def test_resume_continues_a_checkpoint(tiny, single_process_run, tmp_path):
     single = tmp_path / "single"
     single.mkdir()
     shutil.copy(single_process_run / "epoch-1.safetensors", single / CHECKPOINT_FILE)
-    fit_in_one_process(tiny, single, resume=True)
+    fit_in_one_process(tiny_slice, single, resume=True)
     resumed, reference = parameters(tmp_path / "model.safetensors"), parameters(single / "model.safetensors")
     assert float((resumed - reference).norm()) < TOLERANCE * float(reference.norm())
 
 
-def test_one_failing_process_stops_all_promptly(tiny, tmp_path):
+def test_one_failing_process_stops_all_promptly(tiny_slice, tmp_path):
     started = time.monotonic()
-    result = torchrun("--data", tiny, "--out", tmp_path, *OPTIONS, env={"SIGNS_FAIL_RANK": "1"}, timeout=120)
+    result = torchrun("--data", tiny_slice, "--out", tmp_path, *OPTIONS, env={"SIGNS_FAIL_RANK": "1"}, timeout=120)
     seconds = time.monotonic() - started
     assert result.returncode != 0
     assert seconds < 90

@@ -13,7 +13,7 @@ from signs_resnet import artifact, load_model
 from signs_resnet.training.config import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, TrainConfig
 from signs_resnet.training.train import _check_resumable
 
-EPOCHS = 3  # the interrupted runs stop during epoch 2; the third keeps them from finishing first on a loaded machine
+EPOCHS = 4  # the interrupted runs stop during epoch 2; two more keep them from finishing first on a loaded machine
 
 
 def train_command(data: Path, out: Path, *extra: str) -> list[str]:
@@ -45,21 +45,21 @@ def start_and_wait_for_epoch(data: Path, out: Path, epoch: int) -> subprocess.Po
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(signs_slice, tmp_path_factory):
+def uninterrupted(tiny_slice, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    train(signs_slice, out)
+    train(tiny_slice, out)
     return load_model(out / MODEL_FILE)
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_model(signs_slice, tmp_path, uninterrupted):
-    process = start_and_wait_for_epoch(signs_slice, tmp_path, 1)
+def test_killed_training_resumes_to_the_same_model(tiny_slice, tmp_path, uninterrupted):
+    process = start_and_wait_for_epoch(tiny_slice, tmp_path, 1)
     process.kill()  # SIGKILL in the middle of epoch 2: no chance to clean up
     process.communicate()
     state, _, _ = artifact.load(tmp_path / CHECKPOINT_FILE, "checkpoint")
     assert 1 <= state["epoch"] < EPOCHS
 
-    result = train(signs_slice, tmp_path, "--resume")
+    result = train(tiny_slice, tmp_path, "--resume")
     assert f"resuming from {tmp_path / CHECKPOINT_FILE} after epoch {state['epoch']}" in result.stderr
     resumed = load_model(tmp_path / MODEL_FILE)
     assert resumed.checksum == uninterrupted.checksum  # the same weights, bit for bit
@@ -69,8 +69,8 @@ def test_killed_training_resumes_to_the_same_model(signs_slice, tmp_path, uninte
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_after_the_checkpoint_and_resumes(signs_slice, tmp_path, uninterrupted):
-    process = start_and_wait_for_epoch(signs_slice, tmp_path, 1)
+def test_ctrl_c_stops_cleanly_after_the_checkpoint_and_resumes(tiny_slice, tmp_path, uninterrupted):
+    process = start_and_wait_for_epoch(tiny_slice, tmp_path, 1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -80,15 +80,15 @@ def test_ctrl_c_stops_cleanly_after_the_checkpoint_and_resumes(signs_slice, tmp_
     state, _, _ = artifact.load(tmp_path / CHECKPOINT_FILE, "checkpoint")  # complete and verified
     assert f"after epoch {state['epoch']} " in stderr
 
-    train(signs_slice, tmp_path, "--resume")
+    train(tiny_slice, tmp_path, "--resume")
     assert load_model(tmp_path / MODEL_FILE).checksum == uninterrupted.checksum
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_corrupt_checkpoint_naming_it(signs_slice, tmp_path):
+def test_resume_refuses_a_corrupt_checkpoint_naming_it(tiny_slice, tmp_path):
     checkpoint = tmp_path / CHECKPOINT_FILE
     checkpoint.write_bytes(b"\0" * 1000)
-    result = subprocess.run(train_command(signs_slice, tmp_path, "--resume"), capture_output=True, text=True,
+    result = subprocess.run(train_command(tiny_slice, tmp_path, "--resume"), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{checkpoint}: not a checkpoint file" in result.stderr

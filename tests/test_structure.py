@@ -110,9 +110,9 @@ def test_no_module_over_400_lines():
 
 
 @pytest.mark.slow  # a training process
-def test_signs_train_never_imports_the_web_stack(signs_slice, tmp_path):
+def test_signs_train_never_imports_the_web_stack(tiny_slice, tmp_path):
     environment = command_environment({"PYTHONPROFILEIMPORTTIME": "1"})
-    result = subprocess.run([sys.executable, "-m", "signs_resnet", "train", "--data", str(signs_slice), "--out",
+    result = subprocess.run([sys.executable, "-m", "signs_resnet", "train", "--data", str(tiny_slice), "--out",
                              str(tmp_path), "--epochs", "1", "--no-progress", "--checkpoint-every-s", "0"],
                             capture_output=True, text=True, timeout=300, env=environment, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -34,7 +34,7 @@ def test_training_learns(trained):
 
 
 @pytest.mark.slow
-def test_checkpoints_follow_the_interval_and_metrics_every_epoch(tmp_path, signs_slice):
+def test_checkpoints_follow_the_interval_and_metrics_every_epoch(tmp_path, tiny_slice):
     checkpoints = []
     write_epoch_files = train._write_epoch_files
 
@@ -42,7 +42,7 @@ def test_checkpoints_follow_the_interval_and_metrics_every_epoch(tmp_path, signs
         checkpoints.append(checkpoint is not None)
         write_epoch_files(folder, checkpoint, history)
 
-    config = TrainConfig(data=str(signs_slice), out=str(tmp_path), epochs=3, batch_size=32, augment=False,
+    config = TrainConfig(data=str(tiny_slice), out=str(tmp_path), epochs=3, batch_size=32, augment=False,
                          progress=False, checkpoint_every_s=3600)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "_write_epoch_files", record)
