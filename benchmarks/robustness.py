@@ -251,14 +251,20 @@ def fit_combination(network: torch.Tensor, landmarks: torch.Tensor, labels: torc
     fit_sharpness's. With `groups` (an integer per photo) each group weighs the same, however many photos it
     holds: the mean of the groups' shares right."""
     read, log_net, log_count = _read_logs(network, landmarks)
+    if not read.any():
+        return 1.0, 0.0  # nothing to weigh the reading on: the network alone
     group = torch.zeros(int(read.sum()), dtype=torch.long) if groups is None else groups[read]
-    weight = 1 / torch.bincount(group).float()[group]
+    present = torch.bincount(group) > 0
+    sizes = torch.bincount(group).double()
+    weight = 1 / sizes[group]
     best = None
     for a, b in [(ratio, 1.0) for ratio in RATIOS] + [(1.0, 0.0)]:
         logits = a * log_net + b * log_count
-        right = ((logits.argmax(1) == labels[read]).float() * weight).sum() / weight.sum()
-        loss = (torch.nn.functional.cross_entropy(logits, labels[read], reduction="none") * weight).sum() / weight.sum()
-        candidate = (-float(right), float(loss), a, b)
+        # shares right from whole counts, so that equal counts tie exactly and the log loss decides
+        counts = torch.bincount(group, weights=(logits.argmax(1) == labels[read]).double(), minlength=len(sizes))
+        right = round(float((counts[present] / sizes[present]).mean()), 12)
+        loss = (torch.nn.functional.cross_entropy(logits, labels[read], reduction="none").double() * weight).sum()
+        candidate = (-right, float(loss / weight.sum()), a, b)
         best = candidate if best is None else min(best, candidate)
     return best[2], best[3]
 
@@ -353,8 +359,8 @@ def shifted_reference(val: datasets.Dataset, copies: int = REFERENCE_COPIES, fac
                         preprocess.scale(others).repeat(copies, 1, 1, 1)])
     images = augment(composite_backgrounds(images, AugmentConfig(background_probability=1.0), generator), generator)
     pixels = (images * 255).round().clamp(0, 255).byte()
-    return enlarged_set("shifted val_signs", pixels, torch.cat([val.labels.repeat(copies), other_labels.repeat(copies)]),
-                        factor)
+    labels = torch.cat([val.labels.repeat(copies), other_labels.repeat(copies)])
+    return enlarged_set("shifted val_signs", pixels, labels, factor)
 
 
 # --- grids ------------------------------------------------------------------------------------
@@ -456,8 +462,8 @@ def measure(model_path: str, data_path: str | None, real: Path, out: Path | None
         reference = shifted_reference(val)
         network = predict(model, reference.images)
         # The weights' ratio (which class wins) from counts shown SIGNS' way and other ways (the painted photos),
-        # weighing half each: people show both, and by number SIGNS' way would be 3 in 4 of the loss. Their scale
-        # (how sure the answers are) and the threshold from the shifted photos alone: a painted-out finger is
+        # weighing half each: people show both, and by number the painted would be about 6 in 10. Their scale
+        # (how sure the answers are) and the threshold from SIGNS' way alone: a painted-out finger is
         # simply gone where a folded one would show, which makes them harder to be sure of than people's photos
         # (docs/robustness.md, "The combination").
         plain = torch.arange(len(reference.labels)) < len(val.labels) * REFERENCE_COPIES

@@ -113,6 +113,21 @@ def test_other_ways_paint_out_fingers_the_class_holds_up_and_count_what_is_left(
             assert set(fingers) <= held_up[name] and int(count) == int(name) - len(fingers)
 
 
+def test_the_reference_shows_each_photo_copies_times_each_way(monkeypatch):
+    """shifted_reference: each val_signs photo `copies` times SIGNS' way, then its other ways `copies` times, with
+    their labels in the same order (the finder and the enlargement stubbed: only the set's make-up is tested)."""
+    from signs_resnet.data.datasets import Dataset
+
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    val = Dataset(images, torch.tensor([0, 1, 2]), CLASSES, "made up")
+    painted, painted_labels = images[:2].clone(), torch.tensor([0, 1])
+    monkeypatch.setattr(robustness, "other_ways", lambda dataset: (painted, painted_labels))
+    monkeypatch.setattr(robustness, "enlarged_set", lambda name, pixels, labels, factor: (pixels, labels))
+    pixels, labels = robustness.shifted_reference(val, copies=3)
+    assert pixels.shape == (3 * 3 + 3 * 2, 3, 64, 64)
+    assert labels.tolist() == [0, 1, 2] * 3 + [0, 1] * 3
+
+
 def test_the_combination_is_fitted_to_trust_the_part_that_earned_it():
     """fit_combination on a synthetic case: the network confidently wrong on a third of the photos, the reading
     modestly right on all. The weights found trust the reading; the answers they give beat the network and lose
