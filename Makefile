@@ -40,14 +40,13 @@ run: $(BIN)/.installed $(MODEL) $(INT8)
 	$(BIN)/signs predict --model $(MODEL) $(SAMPLE)
 	$(BIN)/signs serve --model $(MODEL) --port 5000
 
-# Two workers, a test file each at a time, in the order tests/conftest.py collects them (the longest first; xdist
-# would otherwise reorder files by their number of tests): the tests wait on the processes they start (servers,
-# training, pip) for much of their time, which a second worker fills (docs/development.md, "Tests").
+# Two workers, a test file each at a time: the tests wait on the processes they start (servers, training, pip)
+# for much of their time, which a second worker fills (docs/development.md, "Tests").
 test: $(BIN)/.installed browser
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 bench: $(BIN)/.installed $(MODEL) $(INT8)
 	$(BIN)/python benchmarks/serve_load.py --model $(MODEL)

@@ -20,17 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-# The files that take longest, in that order, before the rest: `make test`'s two workers take a file at a time in
-# collection order, and a long file taken last would leave one worker alone at the end (docs/development.md, "Tests").
-LONGEST_FIRST = ("test_train.py", "test_cli.py", "test_export.py", "test_resume.py", "test_reliability_server.py",
-                 "test_distributed.py", "test_install.py", "test_engine_cache.py", "test_confidence.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def signs_home(tmp_path_factory) -> Path:
     """One SIGNS_HOME for the whole run, in its temporary folder, seen by every command the tests start
