@@ -254,8 +254,8 @@ def fit_combination(network: torch.Tensor, landmarks: torch.Tensor, labels: torc
     if not read.any():
         return 1.0, 0.0  # nothing to weigh the reading on: the network alone
     group = torch.zeros(int(read.sum()), dtype=torch.long) if groups is None else groups[read]
-    present = torch.bincount(group) > 0
     sizes = torch.bincount(group).double()
+    present = sizes > 0
     weight = 1 / sizes[group]
     best = None
     for a, b in [(ratio, 1.0) for ratio in RATIOS] + [(1.0, 0.0)]:
