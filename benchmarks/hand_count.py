@@ -37,7 +37,7 @@ def counts(folder: Path, second_search: bool) -> tuple[np.ndarray, np.ndarray]:
         if second_search:
             hand = finder.find(photo)
         else:
-            palm_request, _ = finder._requests()
+            palm_request, _ = finder._requests(alone=False)
             hand = finder.find(photo) if finder._best_palm(photo, palm_request) is not None else None
         given = None if hand is None else hand.reading()
         fingers = None if given is None else given.count

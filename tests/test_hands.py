@@ -6,7 +6,10 @@ only when they are missing, and gives the same answer from several threads."""
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
+import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -389,6 +392,46 @@ def test_threads_find_the_same_hands(sample_jpg):
             assert np.allclose(one.points, other.points, atol=1e-3) and abs(one.score - other.score) < 1e-5
 
 
+def test_a_search_alone_takes_every_core_and_overlapping_searches_one_each(monkeypatch, sample_jpg):
+    """A photo looked at alone runs on the models compiled with a thread per core; once two searches overlap,
+    every search runs on the single-threaded streams until none has overlapped for QUIET_SECONDS; a search that
+    fails still ends (the next one is alone again)."""
+    finder = detector.finder()
+    if "alone" not in finder._compiled:
+        pytest.skip("one core: both ways are the same")
+    photo = Image.open(sample_jpg).convert("RGB")
+    ways, entered, release, broken = [], threading.Event(), threading.Event(), photo.copy()
+    find = finder._find
+
+    def spied(image, previous, palm_request, landmark_request):
+        if image is broken:
+            raise RuntimeError("a search that fails")
+        ways.append(next(way for way, requests in vars(finder._local).items() if requests[0] is palm_request))
+        if len(ways) == 1 and image is photo:  # the first search waits inside until the second has begun
+            entered.set()
+            release.wait(10)
+        return find(image, previous, palm_request, landmark_request)
+
+    monkeypatch.setattr(finder, "_find", spied)
+    monkeypatch.setattr(finder, "_overlapped", -math.inf)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(finder.find, photo)
+        assert entered.wait(10)
+        second = pool.submit(finder.find, photo.copy())
+        while len(ways) < 2:
+            time.sleep(0.01)
+        release.set()
+        hands = [first.result(), second.result()]
+    assert ways == ["alone", "together"] and np.allclose(hands[0].points, hands[1].points, atol=1e-3)
+    finder.find(photo)
+    assert ways[-1] == "together"  # just after an overlap: still under load
+    monkeypatch.setattr(detector, "QUIET_SECONDS", 0.0)
+    with pytest.raises(RuntimeError):
+        finder.find(broken)
+    finder.find(photo)
+    assert ways[-1] == "alone" and finder._searching == 0
+
+
 def test_a_hand_seen_from_the_side_keeps_a_body_and_degenerate_points_do_not_fail():
     """Knuckles lined up (a fist or an O from the side) still get bones a share of the palm's length wide;
     points all in one place draw a small blob, not an error."""
@@ -440,7 +483,7 @@ def test_a_hand_that_fills_the_photo_is_found_by_the_search_with_room(signs_dir)
     photo = Image.open(signs_dir / "64x64_SIGNS" / "test_signs" / "3_IMG_6045.jpg").convert("RGB")
     photo = photo.resize((256, 256), Image.Resampling.BICUBIC)
     finder = detector.finder()
-    palm_request, _ = finder._requests()
+    palm_request, _ = finder._requests(alone=True)
     assert finder._best_palm(photo, palm_request) is None  # no room around the hand: no palm
     hand = finder.find(photo)
     assert hand is not None and hand.reading().count == 3

@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -29,6 +30,10 @@ ROOM = 2.0  # the second search's square, in the photo's long sides
 # its height towards the fingers, squared on its long side.
 TRACK_POINTS = (0, 1, 2, 3, 5, 6, 9, 10, 13, 14, 17, 18)
 TRACK_SCALE, TRACK_SHIFT = 2.0, 0.1
+QUIET_SECONDS = 1.0  # a search runs alone (every core's thread) when none has overlapped another for this long
+# The models' outputs by name: the palm's boxes and scores; the hand's landmarks, presence and world landmarks.
+BOXES, SCORES = "Identity", "Identity_1"
+POINTS, PRESENCE, WORLD = "Identity", "Identity_1", "Identity_3"
 
 
 def _anchors() -> np.ndarray:
@@ -43,41 +48,49 @@ def _anchors() -> np.ndarray:
 
 
 class HandFinder:
-    """The two models compiled once, in fp32 (the same answers on every CPU), with one single-threaded
-    stream per core, so that decoding threads, each with its own inference requests, look for hands at the
-    same time."""
+    """The two models compiled twice in fp32 (the same answers on every CPU): for photos looked at together,
+    one single-threaded stream per core, so that decoding threads, each with its own inference requests, look
+    for hands at the same time; for a photo looked at alone (no two searches overlapping for QUIET_SECONDS), one
+    stream with a thread per core, which answers it sooner (docs/performance.md, "Finding the hand")."""
 
     def __init__(self) -> None:
         import openvino as ov  # the server's engine already loads it; here only when a hand is looked for
 
-        streams = os.cpu_count() or 1
-        config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
+        cores = os.cpu_count() or 1
+        configs = {"together": {"NUM_STREAMS": cores, "INFERENCE_NUM_THREADS": cores},
+                   "alone": {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": cores}}
         core = ov.Core()
         paths = model_paths()
         try:
-            self._palm = core.compile_model(core.read_model(str(paths[PALM_FILE])), "CPU", config)
-            self._landmarks = core.compile_model(core.read_model(str(paths[LANDMARK_FILE])), "CPU", config)
-            # Outputs by name, not position: the palm's boxes and scores; the hand's landmarks and presence.
-            self._outputs = {"boxes": self._palm.output("Identity"), "scores": self._palm.output("Identity_1"),
-                             "landmarks": self._landmarks.output("Identity"),
-                             "presence": self._landmarks.output("Identity_1"),
-                             "world": self._landmarks.output("Identity_3")}
+            palm, landmarks = (core.read_model(str(paths[name])) for name in (PALM_FILE, LANDMARK_FILE))
+            # (palm, landmarks) compiled for each way; on one core both ways are the same.
+            self._compiled = {way: (core.compile_model(palm, "CPU", {"INFERENCE_PRECISION_HINT": "f32", **config}),
+                                    core.compile_model(landmarks, "CPU", {"INFERENCE_PRECISION_HINT": "f32", **config}))
+                              for way, config in configs.items() if cores > 1 or way == "together"}
+            for palm_model, landmark_model in self._compiled.values():  # the outputs read by name, there in both
+                for model, names in ((palm_model, (BOXES, SCORES)), (landmark_model, (POINTS, PRESENCE, WORLD))):
+                    for name in names:
+                        model.output(name)
         except RuntimeError as error:
             raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {paths[PALM_FILE].parent}: "
                                  f"{str(error).strip().splitlines()[0]}") from None
         self._anchors = _anchors()
         self._local = threading.local()
+        self._searching = 0  # searches under way, in every thread
+        self._overlapped = -math.inf  # when a search last began while another was under way (time.monotonic)
+        self._count_lock = threading.Lock()
         # Each model once, in the one thread that builds the finder, so that no decoding thread makes OpenVINO's
         # first tensor access: two making it at once deadlocked a `signs predict` (both threads in a C++ static's
         # initialisation under InferRequest.infer, py-spy, 2026-12-06; not reproduced in 30 fresh runs).
-        for model in (self._palm, self._landmarks):
+        for model in (model for pair in self._compiled.values() for model in pair):
             model.create_infer_request().infer([np.zeros(tuple(model.input(0).shape), np.float32)])
 
-    def _requests(self):
-        if not hasattr(self._local, "palm"):
-            self._local.palm = self._palm.create_infer_request()
-            self._local.landmarks = self._landmarks.create_infer_request()
-        return self._local.palm, self._local.landmarks
+    def _requests(self, alone: bool):
+        """This thread's (palm, landmarks) inference requests for a search alone or beside others."""
+        way = "alone" if alone and "alone" in self._compiled else "together"
+        if not hasattr(self._local, way):
+            setattr(self._local, way, tuple(model.create_infer_request() for model in self._compiled[way]))
+        return getattr(self._local, way)
 
     def find(self, image: Image.Image, previous: np.ndarray | None = None) -> Hand | None:
         """The most likely hand in a photo, or None when there is none. `previous`: the hand's 21 points in the
@@ -85,7 +98,21 @@ class HandFinder:
         the square around them, and the palm detector runs only when no hand is there (the hand comes back
         `tracked`)."""
         image = image if image.mode == "RGB" else image.convert("RGB")
-        palm_request, landmark_request = self._requests()
+        with self._count_lock:
+            now = time.monotonic()
+            if self._searching:
+                self._overlapped = now
+            # Alone only once no two searches have overlapped for a while: under load a search that found the
+            # others between photos would take every core for itself and slow them (docs/performance.md).
+            alone = now - self._overlapped > QUIET_SECONDS
+            self._searching += 1
+        try:
+            return self._find(image, previous, *self._requests(alone))
+        finally:
+            with self._count_lock:
+                self._searching -= 1
+
+    def _find(self, image: Image.Image, previous: np.ndarray | None, palm_request, landmark_request) -> Hand | None:
         region = None if previous is None else region_from_points(previous)
         if region is not None:
             hand = self._hand_in(image, landmark_request, *region)
@@ -113,15 +140,15 @@ class HandFinder:
         patch = image.transform((LANDMARK_INPUT, LANDMARK_INPUT), Image.Transform.AFFINE, affine,
                                 Image.Resampling.BILINEAR)
         outputs = request.infer([np.asarray(patch, dtype=np.float32)[None] / 255])
-        landmarks = outputs[self._outputs["landmarks"]].reshape(21, 3)[:, :2]
-        presence = float(outputs[self._outputs["presence"]].reshape(-1)[0])
+        landmarks = outputs[POINTS].reshape(21, 3)[:, :2]
+        presence = float(outputs[PRESENCE].reshape(-1)[0])
         points = np.stack([cos * landmarks[:, 0] - sin * landmarks[:, 1] + x0,
                            sin * landmarks[:, 0] + cos * landmarks[:, 1] + y0], 1)
         if not presence >= MIN_PRESENCE or not np.isfinite(points).all():
             return None
         # The world landmarks: the same 21 points in metres, in 3-D, about the hand's centre (what the fingers'
         # reading measures angles on; their frame's turn does not change an angle).
-        world = outputs[self._outputs["world"]].reshape(21, 3)
+        world = outputs[WORLD].reshape(21, 3)
         if not np.isfinite(world).all():
             world = None
         return Hand(points.astype(np.float32), presence * palm_score, world)
@@ -140,8 +167,8 @@ class HandFinder:
         canvas = Image.new("RGB", (PALM_INPUT, PALM_INPUT))
         canvas.paste(fitted, (int(offset[0]), int(offset[1])))
         outputs = request.infer([np.asarray(canvas, dtype=np.float32)[None] / 255])
-        raw = outputs[self._outputs["boxes"]].reshape(-1, 18)
-        logits = outputs[self._outputs["scores"]].reshape(-1)
+        raw = outputs[BOXES].reshape(-1, 18)
+        logits = outputs[SCORES].reshape(-1)
         scores = 1 / (1 + np.exp(-np.clip(logits, -100, 100)))
         keep = scores >= MIN_PALM_SCORE
         if not keep.any():
