@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 import threading
 import time
@@ -399,6 +400,10 @@ def test_a_search_alone_takes_every_core_and_overlapping_searches_one_each(monke
     finder = detector.finder()
     if "alone" not in finder._compiled:
         pytest.skip("one core: both ways are the same")
+    cores = os.cpu_count()
+    for way, (streams, threads) in {"alone": (1, cores), "together": (cores, cores)}.items():
+        for model in finder._compiled[way]:
+            assert (model.get_property("NUM_STREAMS"), model.get_property("INFERENCE_NUM_THREADS")) == (streams, threads)
     photo = Image.open(sample_jpg).convert("RGB")
     ways, entered, release, broken = [], threading.Event(), threading.Event(), photo.copy()
     find = finder._find
@@ -414,11 +419,13 @@ def test_a_search_alone_takes_every_core_and_overlapping_searches_one_each(monke
 
     monkeypatch.setattr(finder, "_find", spied)
     monkeypatch.setattr(finder, "_overlapped", -math.inf)
+    monkeypatch.setattr(detector, "QUIET_SECONDS", 60.0)  # the third search below counts as just after the overlap
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(finder.find, photo)
         assert entered.wait(10)
         second = pool.submit(finder.find, photo.copy())
-        while len(ways) < 2:
+        deadline = time.monotonic() + 10
+        while len(ways) < 2 and not second.done() and time.monotonic() < deadline:
             time.sleep(0.01)
         release.set()
         hands = [first.result(), second.result()]
