@@ -57,20 +57,21 @@ class HandFinder:
         import openvino as ov  # the server's engine already loads it; here only when a hand is looked for
 
         cores = os.cpu_count() or 1
-        configs = {"together": {"NUM_STREAMS": cores, "INFERENCE_NUM_THREADS": cores},
-                   "alone": {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": cores}}
+        # (streams, threads) for each way; on one core both ways are the same, so only "together" is compiled.
+        ways = {"together": (cores, cores), "alone": (1, cores)} if cores > 1 else {"together": (1, 1)}
         core = ov.Core()
         paths = model_paths()
         try:
             palm, landmarks = (core.read_model(str(paths[name])) for name in (PALM_FILE, LANDMARK_FILE))
-            # (palm, landmarks) compiled for each way; on one core both ways are the same.
-            self._compiled = {way: (core.compile_model(palm, "CPU", {"INFERENCE_PRECISION_HINT": "f32", **config}),
-                                    core.compile_model(landmarks, "CPU", {"INFERENCE_PRECISION_HINT": "f32", **config}))
-                              for way, config in configs.items() if cores > 1 or way == "together"}
-            for palm_model, landmark_model in self._compiled.values():  # the outputs read by name, there in both
-                for model, names in ((palm_model, (BOXES, SCORES)), (landmark_model, (POINTS, PRESENCE, WORLD))):
-                    for name in names:
-                        model.output(name)
+            for model, names in ((palm, (BOXES, SCORES)), (landmarks, (POINTS, PRESENCE, WORLD))):
+                for name in names:  # the outputs read by name: there, or the models are not MediaPipe's
+                    model.output(name)
+            def compiled(model, streams: int, threads: int):
+                config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads}
+                return core.compile_model(model, "CPU", config)
+
+            self._compiled = {way: (compiled(palm, *config), compiled(landmarks, *config))
+                              for way, config in ways.items()}
         except RuntimeError as error:
             raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {paths[PALM_FILE].parent}: "
                                  f"{str(error).strip().splitlines()[0]}") from None
