@@ -295,6 +295,7 @@ def test_cors_allows_the_configured_origin_only(secured_server):
     ({"SIGNS_CORS_ORIGINS": "app.example"}, "cors_origins"),
     ({"SIGNS_PORT": "99999"}, r"port must be in 0\.\.65535"),
     ({"SIGNS_PORT": "-1"}, "port must be in"),
+    ({"SIGNS_DECODE_THREADS": "-1"}, "decode_threads must not be negative"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(environ, message):
     from signs_resnet.serving.settings import ServeSettings

@@ -420,6 +420,21 @@ def test_settings_come_from_the_environment_and_flags_win():
         ServeSettings.from_env({}, engine="tensorflow")
 
 
+def test_decoding_threads_are_two_per_core_unless_set():
+    from signs_resnet.hands.detector import search_threads
+    from signs_resnet.serving.runtime import Runtime
+
+    cores = os.cpu_count() or 1
+    assert search_threads() == min(16, 2 * cores)
+    for settings, threads in ((ServeSettings.from_env({}), search_threads()),
+                              (ServeSettings.from_env({"SIGNS_DECODE_THREADS": "3"}), 3)):
+        runtime = Runtime(settings)
+        try:
+            assert runtime.decoder._max_workers == threads
+        finally:
+            runtime.decoder.shutdown()
+
+
 def test_every_setting_has_a_serve_flag():
     import dataclasses
 

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=ENGINES, help=f"inference engine (default: {serve_defaults.engine})")
     serve.add_argument("--threads", type=int, help="inference threads per process (default: one per core)")
     serve.add_argument("--decode-threads", type=int,
-                       help=f"image decoding threads per process (default: {serve_defaults.decode_threads})")
+                       help="image decoding threads per process (default: two per core, at most 16)")
     serve.add_argument("--max-batch-size", type=int,
                        help=f"images per forward pass (default: {serve_defaults.max_batch_size})")
     serve.add_argument("--max-wait-ms", type=float,

@@ -253,6 +253,13 @@ def finder() -> HandFinder:
         return _finder()
 
 
+def search_threads() -> int:
+    """How many threads should look for hands at once to keep every core busy: two per core, at most 16. While
+    one thread's search runs the models, another decodes and cuts out in Python and PIL; with one per core the
+    cores idled a fifth of the time under load (docs/performance.md, "Finding the hand")."""
+    return min(16, 2 * (os.cpu_count() or 1))
+
+
 def find_hand(image: Image.Image, previous: np.ndarray | None = None) -> Hand | None:
     """The most likely hand in an RGB photo, or None when the models see none; `previous`: the hand's points in
     the frame before, where it is looked for first (HandFinder.find)."""

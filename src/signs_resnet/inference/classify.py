@@ -9,7 +9,6 @@ A file that cannot be read is a result with an "error" and does not stop the oth
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +20,7 @@ import torch
 from signs_resnet.answer import decide, hand_json, result_json
 from signs_resnet.data.datasets import image_files, labelled_files
 from signs_resnet.data.preprocess import Framing, prepare
-from signs_resnet.hands.detector import finder
+from signs_resnet.hands.detector import finder, search_threads
 from signs_resnet.inference.engines import Engine
 from signs_resnet.scores import scores
 
@@ -49,7 +48,7 @@ def classify_files(engine: Engine, files: list[tuple[str, str | None]], batch_si
     image_size = engine.model.image_size
     finder()  # here, so that unusable hand models are one error, not one per file
     batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
-    threads = decode_threads or min(8, os.cpu_count() or 1)
+    threads = decode_threads or search_threads()
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
         def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, str | None, Future | None]]:
             return [(path, error, None if error else pool.submit(prepare, path, image_size))

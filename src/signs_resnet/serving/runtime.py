@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import torch
 from fastapi import Depends, Request
 
-from signs_resnet.hands.detector import finder
+from signs_resnet.hands.detector import finder, search_threads
 from signs_resnet.hands.model_files import HandModelError
 from signs_resnet.inference.engines import Engine, load_engine, warm_up, warm_up_sizes
 from signs_resnet.model_file import load_model as load_model_file
@@ -81,7 +81,8 @@ class Runtime:
     _warming: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.decoder = ThreadPoolExecutor(max_workers=self.settings.decode_threads, thread_name_prefix="decode")
+        threads = self.settings.decode_threads or search_threads()
+        self.decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def start(self, engine: Engine | None = None) -> None:
         """Serve `engine` (else load the model now, off the event loop), then warm up in the background:

@@ -28,7 +28,7 @@ class ServeSettings:
     workers: int = 1  # server processes, each with its own model and batcher
     engine: str = "auto"  # see engines.ENGINES; auto: the fastest measured (docs/performance.md)
     threads: int = 0  # inference threads per process (0: one per core)
-    decode_threads: int = 2  # image decoding threads per process
+    decode_threads: int = 0  # image decoding threads per process (0: hands/detector.search_threads())
     max_batch_size: int = 32  # images per forward pass
     max_wait_ms: float = 2.0  # how long a batch waits for images that are already being decoded
     max_queue: int = 256  # images waiting for inference; more -> 503 with Retry-After
@@ -76,7 +76,7 @@ class ServeSettings:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         for name in ("workers", "max_batch_size", "max_queue", "max_upload_bytes", "max_images", "max_pixels",
-                     "max_streams", "decode_threads"):
+                     "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -84,8 +84,8 @@ class ServeSettings:
         if not 0 <= self.grpc_port <= 65535 or (self.grpc_port and self.grpc_port == self.port):
             raise ValueError(f"grpc_port must be a port other than port {self.port} (or 0: no gRPC), "
                              f"got {self.grpc_port}")
-        if self.max_wait_ms < 0 or self.threads < 0:
-            raise ValueError("max_wait_ms and threads must not be negative")
+        if self.max_wait_ms < 0 or self.threads < 0 or self.decode_threads < 0:
+            raise ValueError("max_wait_ms, threads and decode_threads must not be negative")
         if not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be more than 0, got {self.request_timeout_s}")
         if self.api_key and not (self.api_key.isascii() and self.api_key.isprintable() and " " not in self.api_key):
