@@ -1,4 +1,5 @@
-# `make run`: set up, train a model if there is none (and its int8 graph), evaluate it, then serve it on port 5000.
+# `make run`: set up, train a model if there is none (and its int8 graph), make the int8 landmark model, evaluate
+# the model, then serve it on port 5000.
 # `make test`: set up (including Debian's chromium for the web page test), run every test (CI).
 # `make test-fast`: the quick tier (pytest -m "not slow"), a few minutes at most, every module covered.
 # `make bench`: the load benchmarks, /predict with four photos (about 9 minutes), then /stream (about 2.5 minutes).
@@ -9,7 +10,7 @@ INT8 := runs/default/model.int8.onnx
 SAMPLE := ../shared/data/samples/sample.jpg
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install browser run test test-fast bench clean
+.PHONY: install hand-int8 browser run test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -27,6 +28,11 @@ $(MODEL): | $(BIN)/.installed
 $(INT8): $(MODEL)
 	$(BIN)/signs export --model $(MODEL) --format onnx-int8
 
+# The hand finder's landmark model in int8, calibrated on SIGNS' training photos (hands/quantize.py; a no-op once
+# made); without those photos the hand models stay fp32 and everything else goes on.
+hand-int8: $(BIN)/.installed
+	$(BIN)/signs quantize-hand-models || echo "the hand models stay fp32"
+
 # The web page test drives Debian's chromium through Playwright (never a downloaded browser).
 browser:
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the web page test"; \
@@ -35,7 +41,7 @@ browser:
 	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
 	  echo "could not install chromium (not root? no apt?): the web page test will be skipped"; }
 
-run: $(BIN)/.installed $(MODEL) $(INT8)
+run: $(BIN)/.installed $(MODEL) $(INT8) hand-int8
 	$(BIN)/signs evaluate --model $(MODEL)
 	$(BIN)/signs predict --model $(MODEL) $(SAMPLE)
 	$(BIN)/signs serve --model $(MODEL) --port 5000
@@ -48,7 +54,7 @@ test: $(BIN)/.installed browser
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
-bench: $(BIN)/.installed $(MODEL) $(INT8)
+bench: $(BIN)/.installed $(MODEL) $(INT8) hand-int8
 	$(BIN)/python benchmarks/serve_load.py --model $(MODEL)
 	$(BIN)/python benchmarks/stream_load.py --model $(MODEL)
 

@@ -188,6 +188,24 @@ def _fetch_hand_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize_hand_models(args: argparse.Namespace) -> int:
+    from signs_resnet.data.datasets import training_images
+    from signs_resnet.hands import quantize
+
+    if not args.force and quantize.already_made():
+        print(f"{quantize.int8_folder()}: the int8 landmark model is there, SHA-256 checked (--force makes it again)")
+        return 0
+    try:
+        images, source = training_images(args.data)  # SIGNS' training photos, never real/
+    except (OSError, ValueError) as error:
+        raise ValueError(f"no SIGNS training photos to calibrate on ({error}); the hand models stay fp32") from None
+    photos = images.numpy()[:max(args.photos, 0) or None]
+    print(f"calibrating on {len(photos)} SIGNS training photos from {source} (about a minute for 1080 on two cores)")
+    quantize.quantize_hand_models(photos, str(source))
+    print(f"wrote {quantize.int8_folder()}: the int8 landmark model and its manifest, used from the finder's next start")
+    return 0
+
+
 def _import_keras(args: argparse.Namespace) -> int:
     from signs_resnet.keras_import import import_keras
     from signs_resnet.training.config import MODEL_FILE
@@ -355,10 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     import_keras.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
     import_keras.set_defaults(run=_import_keras)
 
-    fetch = commands.add_parser("fetch-hand-models", help="download the hand finder's two models (MediaPipe's, "
-                                "from its wheel on PyPI) into $SIGNS_HOME/hand-models or the user cache folder, unless "
-                                "they are there already; `make` runs it")
-    fetch.set_defaults(run=_fetch_hand_models)
+    commands.add_parser("fetch-hand-models", help="download the hand finder's two models (MediaPipe's, from its wheel "
+                        "on PyPI) into $SIGNS_HOME/hand-models or the user cache folder, unless they are there "
+                        "already; `make` runs it").set_defaults(run=_fetch_hand_models)
+    quantize = commands.add_parser("quantize-hand-models", help="make the landmark model's int8 version (OpenVINO's "
+                                   "post-training quantization on SIGNS training photos) that the hand finder then "
+                                   "uses, unless it is there already; `make run` runs it")
+    quantize.add_argument("--data", help="the SIGNS data folder (default: SIGNS_DATA, else ../shared/data/signs)")
+    quantize.add_argument("--photos", type=int, default=0, help="calibrate on the first N (default: all 1080)")
+    quantize.add_argument("--force", action="store_true", help="make it again even when it is there (default: not)")
+    quantize.set_defaults(run=_quantize_hand_models)
     return parser
 
 

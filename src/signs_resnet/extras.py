@@ -7,7 +7,7 @@ import importlib
 from types import ModuleType
 
 EXTRAS = {"onnxscript": "export", "onnxruntime": "export", "matplotlib": "plots", "tritonclient": "grpc",
-          "grpc": "grpc"}
+          "grpc": "grpc", "nncf": "quantize"}
 
 
 class MissingExtra(ValueError):

@@ -174,6 +174,16 @@ def test_folder(path: str | Path | None = None) -> Path | None:
     return test if test is not None and test.is_dir() else None
 
 
+def training_images(path: str | Path | None = None) -> tuple[torch.Tensor, Path]:
+    """The training photos of a SIGNS folder (load_splits: train + val), N x 3 x H x W uint8, and the folder;
+    ValueError when it has none."""
+    path = Path(path) if path else default_data_path()
+    train = load_splits(path).train
+    if train is None or not len(train):
+        raise ValueError(f"{path}: no training photos")
+    return train.images, path
+
+
 def load_splits(path: str | Path | None = None, hold_out_validation: bool = False,
                 classes: list[str] | None = None) -> Splits:
     """Train/validation/test splits from any supported layout.

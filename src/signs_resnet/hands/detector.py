@@ -4,6 +4,7 @@ the landmark model then places the hand's 21 points (docs/robustness.md, "Findin
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -14,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 from signs_resnet.hands.geometry import Hand
-from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, HandModelError, model_paths
+from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, HandModelError, int8_paths, model_paths
+
+log = logging.getLogger(__name__)
 
 PALM_INPUT = 192  # the palm detector's square input, RGB in [0, 1]
 LANDMARK_INPUT = 224  # the landmark model's
@@ -48,19 +51,27 @@ def _anchors() -> np.ndarray:
 
 
 class HandFinder:
-    """The two models compiled twice in fp32 (the same answers on every CPU): for photos looked at together,
-    one single-threaded stream per core, so that decoding threads, each with its own inference requests, look
-    for hands at the same time; for a photo looked at alone (no two searches overlapping for QUIET_SECONDS), one
-    stream with a thread per core, which answers it sooner (docs/performance.md, "Finding the hand")."""
+    """The two models compiled twice: for photos looked at together, one single-threaded stream per core, so
+    that decoding threads, each with its own inference requests, look for hands at the same time; for a photo
+    looked at alone (no two searches overlapping for QUIET_SECONDS), one stream with a thread per core, which
+    answers it sooner (docs/performance.md, "Finding the hand"). The models are MediaPipe's in fp32 (the same
+    answers on every CPU), the landmark model in int8 once `signs quantize-hand-models` has made it (`int8` names
+    the models that are; docs/robustness.md, "Levers measured")."""
 
-    def __init__(self) -> None:
+    def __init__(self, int8: bool = True) -> None:
         import openvino as ov  # the server's engine already loads it; here only when a hand is looked for
 
         cores = os.cpu_count() or 1
         # (streams, threads) for each way; on one core both ways are the same, so only "together" is compiled.
         ways = {"together": (cores, cores), "alone": (1, cores)} if cores > 1 else {"together": (1, 1)}
         core = ov.Core()
-        paths = model_paths()
+        try:
+            quantized = (int8_paths() if int8 else None) or {}
+        except HandModelError as error:  # a broken int8 model costs speed, never answers: fp32 it is
+            log.warning("%s; the hand models run in fp32", error)
+            quantized = {}
+        paths = model_paths() | quantized
+        self.int8 = tuple(quantized)  # the models (file names) that run in int8
         try:
             palm, landmarks = (core.read_model(str(paths[name])) for name in (PALM_FILE, LANDMARK_FILE))
             for model, names in ((palm, (BOXES, SCORES)), (landmarks, (POINTS, PRESENCE, WORLD))):
@@ -112,6 +123,16 @@ class HandFinder:
         finally:
             with self._count_lock:
                 self._searching -= 1
+
+    def model_inputs(self, image: Image.Image) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """What a search of `image` feeds the palm detector and the landmark model, each input as given to it
+        (1 x H x W x 3 in [0, 1]): what int8 calibration runs them on (hands/quantize.py)."""
+        palm_inputs: list[np.ndarray] = []
+        landmark_inputs: list[np.ndarray] = []
+        palm_request, landmark_request = self._requests(alone=False)
+        self._find(image.convert("RGB"), None, _Recording(palm_request, palm_inputs),
+                   _Recording(landmark_request, landmark_inputs))
+        return palm_inputs, landmark_inputs
 
     def _find(self, image: Image.Image, previous: np.ndarray | None, palm_request, landmark_request) -> Hand | None:
         region = None if previous is None else region_from_points(previous)
@@ -194,6 +215,17 @@ class HandFinder:
             return None
         centre = (box[:2] + box[2:]) / 2 + up * PALM_TO_HAND_SHIFT * palm_side
         return centre, PALM_TO_HAND_SCALE * palm_side, _upright_angle(up), float(scores[best])
+
+
+class _Recording:
+    """An inference request that keeps a copy of every input it runs on."""
+
+    def __init__(self, request, into: list[np.ndarray]) -> None:
+        self._request, self._into = request, into
+
+    def infer(self, inputs: list[np.ndarray]):
+        self._into.append(inputs[0].copy())
+        return self._request.infer(inputs)
 
 
 def region_from_points(points: np.ndarray) -> tuple[np.ndarray, float, float] | None:

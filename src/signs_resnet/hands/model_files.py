@@ -1,10 +1,12 @@
 """The hand finder's two models, MediaPipe's (Apache-2.0): downloaded once from MediaPipe's wheel on PyPI into a
 user cache folder ($SIGNS_HOME/hand-models, else the platform's), or found beside the package, and checked by
-SHA-256 whenever loaded."""
+SHA-256 whenever loaded; and the landmark model's int8 version, when `signs quantize-hand-models` has made it
+(hands/quantize.py), in that cache folder's int8/ with a manifest of SHA-256s, checked whenever loaded."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import zipfile
@@ -27,6 +29,12 @@ WHEEL_MEMBERS = {PALM_FILE: "mediapipe/modules/palm_detection/palm_detection_ful
                  LANDMARK_FILE: "mediapipe/modules/hand_landmark/hand_landmark_full.tflite"}
 FETCH = "run `signs fetch-hand-models`"
 CACHE_PART = "hand-models"  # their folder in the user cache folder (user_cache.folder)
+# The int8 models (OpenVINO IR: a graph and its weights each) and their manifest, written last: its SHA-256s
+# name the files, and the fp32 models they were made from. Only the landmark model: the palm detector in int8
+# read SIGNS' own photos worse (docs/robustness.md, "Levers measured").
+INT8_PART, INT8_MANIFEST = "int8", "int8.json"
+INT8_FILES = {LANDMARK_FILE: ("landmark.xml", "landmark.bin")}
+QUANTIZE = "run `signs quantize-hand-models --force`"
 
 
 class HandModelError(ValueError):
@@ -54,6 +62,33 @@ def model_paths() -> dict[str, Path]:
             pass  # a changed copy beside the package: the cache folder's, if it has them
     folder = user_cache.folder(CACHE_PART)
     return {name: verified(folder / name) for name in SHA256}
+
+
+def int8_folder() -> Path:
+    """Where `signs quantize-hand-models` writes the int8 models: the cache folder's int8/ (nothing created)."""
+    return user_cache.folder(CACHE_PART) / INT8_PART
+
+
+def int8_paths() -> dict[str, Path] | None:
+    """The int8 models' graphs (.xml, their .bin beside them) by the fp32 model's name (INT8_FILES), verified
+    against their manifest; None when none were made. Raises HandModelError when the manifest or a file does not check out
+    (changed, cut short, or made from other models)."""
+    folder = int8_folder()
+    manifest_path = folder / INT8_MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files, made_from = manifest["files"], manifest["made_from"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise HandModelError(f"{manifest_path}: unreadable ({error}); {QUANTIZE}") from None
+    if made_from != {name: SHA256[name] for name in INT8_FILES}:
+        raise HandModelError(f"{folder}: the int8 models were made from other hand models; {QUANTIZE}")
+    for name in (name for pair in INT8_FILES.values() for name in pair):
+        path = folder / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != files.get(name):
+            raise HandModelError(f"{path}: missing or not the file its manifest names; {QUANTIZE}")
+    return {model: folder / graph for model, (graph, _) in INT8_FILES.items()}
 
 
 def _extract(wheel: Path, folder: Path) -> None:

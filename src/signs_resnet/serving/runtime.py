@@ -56,7 +56,7 @@ def check_hand_models(image_size: int) -> bool:
     server can still do: image tensors and photos at the input size need no hand (larger photos are answered
     503, tensors.prepare_images)."""
     try:
-        finder()
+        log.info("hand finder ready; in int8: %s", ", ".join(finder().int8) or "none (fp32)")
         return True
     except HandModelError as error:
         log.warning("%s; photos larger than %dx%d are refused until the hand models are there; image tensors "

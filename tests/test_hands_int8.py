@@ -1,0 +1,104 @@
+"""The landmark model in int8 (hands/quantize.py, `signs quantize-hand-models`): made from SIGNS training photos,
+checked against its manifest whenever loaded, run by the finder, and a broken one never breaks the finder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from signs_resnet import cli
+from signs_resnet.hands import detector, model_files
+from signs_resnet.hands.model_files import CACHE_PART, INT8_MANIFEST, INT8_PART, LANDMARK_FILE, SHA256
+
+CALIBRATION_PHOTOS = 24  # a slice of the 1080: the same path, in seconds
+
+
+def _home_with_fp32_models(home: Path, signs_home: Path) -> Path:
+    (home / CACHE_PART).mkdir(parents=True)
+    for name in SHA256:
+        installed = signs_home / CACHE_PART / name
+        if not installed.exists():
+            pytest.skip("the hand models are not installed (`signs fetch-hand-models`)")
+        (home / CACHE_PART / name).symlink_to(installed.resolve())
+    return home
+
+
+@pytest.fixture(scope="module")
+def int8_home(tmp_path_factory, signs_home):
+    """A SIGNS_HOME with the fp32 hand models and the int8 landmark model made by the command from the first
+    CALIBRATION_PHOTOS SIGNS training photos."""
+    home = _home_with_fp32_models(tmp_path_factory.mktemp("int8-home"), signs_home)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIGNS_HOME", str(home))
+        assert cli.main(["quantize-hand-models", "--photos", str(CALIBRATION_PHOTOS)]) == 0
+        yield home
+
+
+def _precisions(finder: detector.HandFinder) -> Counter:
+    """The landmark model's operations by the precision OpenVINO runs them in."""
+    runtime = finder._compiled["together"][1].get_runtime_model()
+    return Counter(op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ops()
+                   if "runtimePrecision" in op.get_rt_info())
+
+
+def test_the_int8_landmark_model_runs_and_reads_the_hand_as_the_fp32_one_does(int8_home, sample_jpg, monkeypatch):
+    monkeypatch.setenv("SIGNS_HOME", str(int8_home))
+    manifest = json.loads((int8_home / CACHE_PART / INT8_PART / INT8_MANIFEST).read_text())
+    assert sorted(manifest["files"]) == ["landmark.bin", "landmark.xml"]
+    assert manifest["made_from"] == {LANDMARK_FILE: SHA256[LANDMARK_FILE]}
+    assert manifest["calibration"]["count"] == CALIBRATION_PHOTOS
+    assert manifest["calibration"]["inputs"][LANDMARK_FILE] > CALIBRATION_PHOTOS // 2  # hands found in most
+
+    int8, fp32 = detector.HandFinder(), detector.HandFinder(int8=False)
+    assert (int8.int8, fp32.int8) == ((LANDMARK_FILE,), ())
+    assert _precisions(int8)["i8"] > 10 and _precisions(fp32)["i8"] == 0  # int8 kernels, and only there
+
+    photo = Image.open(sample_jpg).convert("RGB")
+    photo.draft("RGB", (512, 512))
+    hands = [finder.find(photo) for finder in (int8, fp32)]
+    assert all(hand is not None for hand in hands)
+    size = float(np.ptp(hands[1].points, axis=0).max())
+    assert np.abs(hands[0].points - hands[1].points).max() < 0.05 * size  # the same points, within 5% of the hand
+    assert hands[0].reading().count == hands[1].reading().count == 5  # an open hand
+
+
+def test_a_changed_int8_model_is_refused_and_the_finder_runs_in_fp32(int8_home, signs_home, tmp_path, monkeypatch,
+                                                                     caplog):
+    home = _home_with_fp32_models(tmp_path / "home", signs_home)
+    shutil.copytree(int8_home / CACHE_PART / INT8_PART, home / CACHE_PART / INT8_PART)
+    monkeypatch.setenv("SIGNS_HOME", str(home))
+    assert model_files.int8_paths() == {LANDMARK_FILE: home / CACHE_PART / INT8_PART / "landmark.xml"}
+
+    weights = home / CACHE_PART / INT8_PART / "landmark.bin"
+    content = bytearray(weights.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    weights.write_bytes(bytes(content))
+    with pytest.raises(model_files.HandModelError, match="landmark.bin: missing or not the file its manifest names"):
+        model_files.int8_paths()
+    with caplog.at_level(logging.WARNING, logger="signs_resnet.hands.detector"):
+        finder = detector.HandFinder()
+    assert finder.int8 == ()
+    assert "the hand models run in fp32" in caplog.text and "quantize-hand-models --force" in caplog.text
+
+    (home / CACHE_PART / INT8_PART / INT8_MANIFEST).write_text("{not json")
+    with pytest.raises(model_files.HandModelError, match="int8.json: unreadable"):
+        model_files.int8_paths()
+
+
+def test_the_command_leaves_made_models_alone_and_says_when_there_are_no_photos(int8_home, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setenv("SIGNS_HOME", str(int8_home))
+    made = {path.name: path.stat().st_mtime_ns for path in (int8_home / CACHE_PART / INT8_PART).iterdir()}
+    assert cli.main(["quantize-hand-models"]) == 0
+    assert "the int8 landmark model is there, SHA-256 checked" in capsys.readouterr().out
+    assert cli.main(["quantize-hand-models", "--force", "--data", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err
+    assert "no SIGNS training photos to calibrate on" in error and "stay fp32" in error
+    assert {path.name: path.stat().st_mtime_ns for path in (int8_home / CACHE_PART / INT8_PART).iterdir()} == made
