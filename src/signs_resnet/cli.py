@@ -202,7 +202,7 @@ def _quantize_hand_models(args: argparse.Namespace) -> int:
     photos = images.numpy()[:max(args.photos, 0) or None]
     print(f"calibrating on {len(photos)} SIGNS training photos from {source} (about a minute for 1080 on two cores)")
     quantize.quantize_hand_models(photos, str(source))
-    print(f"wrote {quantize.int8_folder()}: the int8 landmark model and its manifest, used from the finder's next start")
+    print(f"wrote {quantize.int8_folder()}: the int8 landmark model and its manifest, used from the next start")
     return 0
 
 

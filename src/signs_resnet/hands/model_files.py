@@ -71,8 +71,8 @@ def int8_folder() -> Path:
 
 def int8_paths() -> dict[str, Path] | None:
     """The int8 models' graphs (.xml, their .bin beside them) by the fp32 model's name (INT8_FILES), verified
-    against their manifest; None when none were made. Raises HandModelError when the manifest or a file does not check out
-    (changed, cut short, or made from other models)."""
+    against their manifest; None when none were made. Raises HandModelError when the manifest or a file does not
+    check out (changed, cut short, or made from other models)."""
     folder = int8_folder()
     manifest_path = folder / INT8_MANIFEST
     if not manifest_path.is_file():

@@ -45,17 +45,18 @@ def calibration_inputs(photos: np.ndarray) -> dict[str, list[np.ndarray]]:
 
 
 def quantize_hand_models(photos: np.ndarray, source: str) -> dict:
-    """Quantize the hand models of INT8_FILES on `photos` (calibration_inputs) and write them, and then their manifest, into
-    int8_folder(), each file atomically; the manifest, which `source` names the photos of, is returned."""
+    """Quantize the hand models of INT8_FILES on `photos` (calibration_inputs) and write them, then their
+    manifest, into int8_folder(), each file atomically; the manifest, which `source` names the photos of, is
+    returned. The old manifest goes first: until the new one is written, the finder runs in fp32."""
     nncf = require("nncf", "quantizing the hand models")
     import openvino as ov
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-operation notes; its progress bars stay
-
     inputs = calibration_inputs(photos)
     if not inputs[LANDMARK_FILE]:
         raise ValueError(f"{source}: no hand found in any of its {len(photos)} photos to calibrate on")
     core, paths, folder = ov.Core(), model_paths(), int8_folder()
+    (folder / INT8_MANIFEST).unlink(missing_ok=True)
     files: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for model_file, (graph, weights) in INT8_FILES.items():
