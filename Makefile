@@ -29,9 +29,9 @@ $(INT8): $(MODEL)
 	$(BIN)/signs export --model $(MODEL) --format onnx-int8
 
 # The hand finder's landmark model in int8, calibrated on SIGNS' training photos (hands/quantize.py; a no-op once
-# made); without those photos the hand models stay fp32 and everything else goes on.
+# made); without those photos (exit 3) the hand models stay fp32 and everything else goes on; any other failure stops.
 hand-int8: $(BIN)/.installed
-	$(BIN)/signs quantize-hand-models || echo "the hand models stay fp32"
+	$(BIN)/signs quantize-hand-models || test $$? -eq 3
 
 # The web page test drives Debian's chromium through Playwright (never a downloaded browser).
 browser:

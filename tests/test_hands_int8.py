@@ -3,6 +3,7 @@ checked against its manifest whenever loaded, run by the finder, and a broken on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -13,9 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED
+
 from signs_resnet import cli
 from signs_resnet.hands import detector, model_files
 from signs_resnet.hands.model_files import CACHE_PART, INT8_MANIFEST, INT8_PART, LANDMARK_FILE, SHA256
+
+pytest.importorskip("nncf")  # the [quantize] extra
 
 CALIBRATION_PHOTOS = 24  # a slice of the 1080: the same path, in seconds
 
@@ -35,6 +40,8 @@ def int8_home(tmp_path_factory, signs_home):
     """A SIGNS_HOME with the fp32 hand models and the int8 landmark model made by the command from the first
     CALIBRATION_PHOTOS SIGNS training photos."""
     home = _home_with_fp32_models(tmp_path_factory.mktemp("int8-home"), signs_home)
+    if not (SHARED / "signs").is_dir():
+        pytest.skip("no SIGNS data to calibrate on")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SIGNS_HOME", str(home))
         assert cli.main(["quantize-hand-models", "--photos", str(CALIBRATION_PHOTOS)]) == 0
@@ -92,13 +99,47 @@ def test_a_changed_int8_model_is_refused_and_the_finder_runs_in_fp32(int8_home, 
         model_files.int8_paths()
 
 
+def test_an_int8_model_openvino_cannot_load_leaves_the_finder_in_fp32(int8_home, signs_home, tmp_path, monkeypatch,
+                                                                      caplog):
+    """Files that match their manifest but are no model (another OpenVINO's, say): fp32, and a warning."""
+    home = _home_with_fp32_models(tmp_path / "home", signs_home)
+    folder = home / CACHE_PART / INT8_PART
+    shutil.copytree(int8_home / CACHE_PART / INT8_PART, folder)
+    (folder / "landmark.xml").write_text("<net name='not a model'/>")
+    manifest = json.loads((folder / INT8_MANIFEST).read_text())
+    manifest["files"]["landmark.xml"] = hashlib.sha256((folder / "landmark.xml").read_bytes()).hexdigest()
+    (folder / INT8_MANIFEST).write_text(json.dumps(manifest))
+    monkeypatch.setenv("SIGNS_HOME", str(home))
+    assert model_files.int8_paths() is not None  # it checks out
+    with caplog.at_level(logging.WARNING, logger="signs_resnet.hands.detector"):
+        finder = detector.HandFinder()
+    assert finder.int8 == () and "cannot load the int8 hand models" in caplog.text
+    assert finder.find(Image.new("RGB", (256, 256))) is None  # and it searches
+
+
+def test_training_never_runs_the_int8_model(int8_home, monkeypatch):
+    """A seed trains the same model on every CPU: the process's finder in a training is the fp32 one."""
+    monkeypatch.setenv("SIGNS_HOME", str(int8_home))
+    detector._finder.cache_clear()  # a finder built before, from another SIGNS_HOME
+    try:
+        assert detector.finder().int8 == (LANDMARK_FILE,)
+        detector.use_int8(False)
+        assert detector.finder().int8 == ()
+    finally:
+        detector.use_int8(True)
+        detector._finder.cache_clear()
+
+
 def test_the_command_leaves_made_models_alone_and_says_when_there_are_no_photos(int8_home, tmp_path, monkeypatch,
                                                                               capsys):
     monkeypatch.setenv("SIGNS_HOME", str(int8_home))
     made = {path.name: path.stat().st_mtime_ns for path in (int8_home / CACHE_PART / INT8_PART).iterdir()}
     assert cli.main(["quantize-hand-models"]) == 0
     assert "the int8 landmark model is there, SHA-256 checked" in capsys.readouterr().out
-    assert cli.main(["quantize-hand-models", "--force", "--data", str(tmp_path / "nowhere")]) == 2
-    error = capsys.readouterr().err
-    assert "no SIGNS training photos to calibrate on" in error and "stay fp32" in error
+    for data, reason in ((tmp_path / "nowhere", "not a folder"), (SHARED / "real", "no train_signs.h5 or train_signs/")):
+        assert cli.main(["quantize-hand-models", "--force", "--data", str(data)]) == 3  # `make run` goes on
+        error = capsys.readouterr().err
+        assert "no SIGNS training photos" in error and reason in error and "stay fp32" in error
+    assert cli.main(["quantize-hand-models", "--force", "--photos", "0"]) == 2
+    assert "--photos must be at least 1" in capsys.readouterr().err
     assert {path.name: path.stat().st_mtime_ns for path in (int8_home / CACHE_PART / INT8_PART).iterdir()} == made

@@ -19,8 +19,6 @@ from signs_resnet.model_file import DEFAULT_MODEL, default_model_path
 from signs_resnet.serving.settings import ServeSettings
 from signs_resnet.training.config import BACKGROUND_SCHEDULES, PRECISIONS, TrainConfig
 
-log = logging.getLogger("signs_resnet")
-
 
 def _train(args: argparse.Namespace) -> int:
     from signs_resnet.training.train import fit
@@ -183,23 +181,24 @@ def _export(args: argparse.Namespace) -> int:
 def _fetch_hand_models(args: argparse.Namespace) -> int:
     from signs_resnet.hands.model_files import fetch_hand_models
 
-    for path in fetch_hand_models():
-        print(f"{path}: MediaPipe's, SHA-256 checked")
+    print("".join(f"{path}: MediaPipe's, SHA-256 checked\n" for path in fetch_hand_models()), end="")
     return 0
 
 
 def _quantize_hand_models(args: argparse.Namespace) -> int:
-    from signs_resnet.data.datasets import training_images
     from signs_resnet.hands import quantize
 
     if not args.force and quantize.already_made():
         print(f"{quantize.int8_folder()}: the int8 landmark model is there, SHA-256 checked (--force makes it again)")
         return 0
-    try:
-        images, source = training_images(args.data)  # SIGNS' training photos, never real/
+    if args.photos is not None and args.photos < 1:
+        raise ValueError(f"--photos must be at least 1, got {args.photos}")
+    try:  # SIGNS' training photos, never real/; without them exit 3, and `make run` goes on in fp32 (Makefile)
+        images, source = datasets.training_images(args.data)
     except (OSError, ValueError) as error:
-        raise ValueError(f"no SIGNS training photos to calibrate on ({error}); the hand models stay fp32") from None
-    photos = images.numpy()[:max(args.photos, 0) or None]
+        print(f"signs {args.command}: no SIGNS training photos ({error}); the hand models stay fp32", file=sys.stderr)
+        return 3
+    photos = images.numpy()[:args.photos]
     print(f"calibrating on {len(photos)} SIGNS training photos from {source} (about a minute for 1080 on two cores)")
     quantize.quantize_hand_models(photos, str(source))
     print(f"wrote {quantize.int8_folder()}: the int8 landmark model and its manifest, used from the next start")
@@ -380,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "post-training quantization on SIGNS training photos) that the hand finder then "
                                    "uses, unless it is there already; `make run` runs it")
     quantize.add_argument("--data", help="the SIGNS data folder (default: SIGNS_DATA, else ../shared/data/signs)")
-    quantize.add_argument("--photos", type=int, default=0, help="calibrate on the first N (default: all 1080)")
+    quantize.add_argument("--photos", type=int, help="calibrate on the first N (default: all 1080)")
     quantize.add_argument("--force", action="store_true", help="make it again even when it is there (default: not)")
     quantize.set_defaults(run=_quantize_hand_models)
     return parser

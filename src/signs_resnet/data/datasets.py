@@ -175,13 +175,16 @@ def test_folder(path: str | Path | None = None) -> Path | None:
 
 
 def training_images(path: str | Path | None = None) -> tuple[torch.Tensor, Path]:
-    """The training photos of a SIGNS folder (load_splits: train + val), N x 3 x H x W uint8, and the folder;
-    ValueError when it has none."""
+    """The training photos of a SIGNS folder (train_signs.h5 or train_signs/, with val_signs/: load_splits'
+    train), N x 3 x H x W uint8, and the folder; ValueError when it has none (a plain folder of photos, such as
+    real/, is not one)."""
     path = Path(path) if path else default_data_path()
-    train = load_splits(path).train
-    if train is None or not len(train):
-        raise ValueError(f"{path}: no training photos")
-    return train.images, path
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a folder")
+    train_h5, train_dir, _, _ = _layout(path)
+    if not (train_h5 or train_dir.is_dir()):
+        raise ValueError(f"{path}: no train_signs.h5 or train_signs/ in it")
+    return load_splits(path).train.images, path
 
 
 def load_splits(path: str | Path | None = None, hold_out_validation: bool = False,

@@ -65,27 +65,36 @@ class HandFinder:
         # (streams, threads) for each way; on one core both ways are the same, so only "together" is compiled.
         ways = {"together": (cores, cores), "alone": (1, cores)} if cores > 1 else {"together": (1, 1)}
         core = ov.Core()
+        fp32 = model_paths()
         try:
             quantized = (int8_paths() if int8 else None) or {}
         except HandModelError as error:  # a broken int8 model costs speed, never answers: fp32 it is
             log.warning("%s; the hand models run in fp32", error)
             quantized = {}
-        paths = model_paths() | quantized
-        self.int8 = tuple(quantized)  # the models (file names) that run in int8
-        try:
-            palm, landmarks = (core.read_model(str(paths[name])) for name in (PALM_FILE, LANDMARK_FILE))
-            for model, names in ((palm, (BOXES, SCORES)), (landmarks, (POINTS, PRESENCE, WORLD))):
-                for name in names:  # the outputs read by name: there, or the models are not MediaPipe's
-                    model.output(name)
-            def compiled(model, streams: int, threads: int):
-                config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads}
-                return core.compile_model(model, "CPU", config)
 
-            self._compiled = {way: (compiled(palm, *config), compiled(landmarks, *config))
-                              for way, config in ways.items()}
-        except RuntimeError as error:
-            raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in {paths[PALM_FILE].parent}: "
-                                 f"{str(error).strip().splitlines()[0]}") from None
+        def compiled(model, streams: int, threads: int):
+            config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads}
+            return core.compile_model(model, "CPU", config)
+
+        while True:
+            paths = fp32 | quantized
+            try:
+                palm, landmarks = (core.read_model(str(paths[name])) for name in (PALM_FILE, LANDMARK_FILE))
+                for model, names in ((palm, (BOXES, SCORES)), (landmarks, (POINTS, PRESENCE, WORLD))):
+                    for name in names:  # the outputs read by name: there, or the models are not MediaPipe's
+                        model.output(name)
+                self._compiled = {way: (compiled(palm, *config), compiled(landmarks, *config))
+                                  for way, config in ways.items()}
+                break
+            except RuntimeError as error:
+                reason = str(error).strip().splitlines()[0]
+                if not quantized:
+                    raise HandModelError(f"OpenVINO {ov.__version__} cannot load the hand models in "
+                                         f"{fp32[PALM_FILE].parent}: {reason}") from None
+                log.warning("OpenVINO %s cannot load the int8 hand models (%s); the hand models run in fp32",
+                            ov.__version__, reason)
+                quantized = {}
+        self.int8 = tuple(quantized)  # the models (file names) that run in int8
         self._anchors = _anchors()
         self._local = threading.local()
         self._searching = 0  # searches under way, in every thread
@@ -272,9 +281,12 @@ def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 _building = threading.Lock()
 
 
+_int8_allowed = True  # whether the process's finder may run int8 models (use_int8)
+
+
 @functools.cache
-def _finder() -> HandFinder:
-    return HandFinder()
+def _finder(int8: bool) -> HandFinder:
+    return HandFinder(int8)
 
 
 def finder() -> HandFinder:
@@ -282,7 +294,14 @@ def finder() -> HandFinder:
     cores, 2026-12-06; the server and `signs predict` build it before their first photo). Raises HandModelError
     when the models cannot be used."""
     with _building:  # decoding threads that start together build it once
-        return _finder()
+        return _finder(_int8_allowed)
+
+
+def use_int8(allowed: bool) -> None:
+    """Whether the process's finder, from its next use, may run the int8 models that are there; training says
+    no, so that a seed trains the same model on every CPU whatever the cache folder holds."""
+    global _int8_allowed
+    _int8_allowed = allowed
 
 
 def search_threads() -> int:

@@ -80,6 +80,8 @@ def int8_paths() -> dict[str, Path] | None:
     try:
         manifest = json.loads(manifest_path.read_text())
         files, made_from = manifest["files"], manifest["made_from"]
+        if not isinstance(files, dict):
+            raise TypeError("its files are not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise HandModelError(f"{manifest_path}: unreadable ({error}); {QUANTIZE}") from None
     if made_from != {name: SHA256[name] for name in INT8_FILES}:

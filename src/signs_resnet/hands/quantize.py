@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -28,26 +29,28 @@ KEEP_FLOAT = {LANDMARK_FILE: ("MatMul",)}
 
 
 def calibration_inputs(photos: np.ndarray) -> dict[str, list[np.ndarray]]:
-    """Each model's inputs from a search of each photo (N x 3 x H x W uint8, SIGNS'), enlarged ENLARGE times,
-    by the fp32 finder: what the int8 models are calibrated on (the landmark model's are found by the palm
-    detector's)."""
+    """The inputs of each model of INT8_FILES from a search of each photo (N x 3 x H x W uint8, SIGNS'),
+    enlarged ENLARGE times, by the fp32 finder: what the int8 models are calibrated on, kept as the uint8
+    pixels they are made of (each input is pixels / 255), a sixth of the memory."""
     from signs_resnet.hands.detector import HandFinder
 
     finder = HandFinder(int8=False)
-    inputs: dict[str, list[np.ndarray]] = {PALM_FILE: [], LANDMARK_FILE: []}
+    inputs: dict[str, list[np.ndarray]] = {name: [] for name in INT8_FILES}
     for pixels in photos:
         photo = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
         photo = photo.resize((photo.width * ENLARGE, photo.height * ENLARGE), Image.Resampling.BICUBIC)
-        palm, landmarks = finder.model_inputs(photo)
-        inputs[PALM_FILE] += palm
-        inputs[LANDMARK_FILE] += landmarks
+        for name, fed in zip((PALM_FILE, LANDMARK_FILE), finder.model_inputs(photo)):
+            if name in inputs:
+                inputs[name] += [np.round(tensor[0] * 255).astype(np.uint8) for tensor in fed]
     return inputs
 
 
 def quantize_hand_models(photos: np.ndarray, source: str) -> dict:
     """Quantize the hand models of INT8_FILES on `photos` (calibration_inputs) and write them, then their
     manifest, into int8_folder(), each file atomically; the manifest, which `source` names the photos of, is
-    returned. The old manifest goes first: until the new one is written, the finder runs in fp32."""
+    returned. The old manifest goes once the new models are made: until the new one is written, the finder runs
+    in fp32."""
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's switch for its usage telemetry (off): nothing leaves the machine
     nncf = require("nncf", "quantizing the hand models")
     import openvino as ov
 
@@ -56,18 +59,19 @@ def quantize_hand_models(photos: np.ndarray, source: str) -> dict:
     if not inputs[LANDMARK_FILE]:
         raise ValueError(f"{source}: no hand found in any of its {len(photos)} photos to calibrate on")
     core, paths, folder = ov.Core(), model_paths(), int8_folder()
-    (folder / INT8_MANIFEST).unlink(missing_ok=True)
-    files: dict[str, str] = {}
+    made: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for model_file, (graph, weights) in INT8_FILES.items():
             ignored = nncf.IgnoredScope(types=list(KEEP_FLOAT[model_file]))
-            quantized = nncf.quantize(core.read_model(str(paths[model_file])), nncf.Dataset(inputs[model_file]),
+            dataset = nncf.Dataset(inputs[model_file], lambda pixels: (pixels.astype(np.float32) / 255)[None])
+            quantized = nncf.quantize(core.read_model(str(paths[model_file])), dataset,
                                       subset_size=len(inputs[model_file]), ignored_scope=ignored)
             ov.save_model(quantized, str(Path(scratch) / graph), compress_to_fp16=False)
-            for name in (graph, weights):
-                content = (Path(scratch) / name).read_bytes()
-                files[name] = hashlib.sha256(content).hexdigest()
-                artifact.atomic_write(folder / name, content)
+            made |= {name: (Path(scratch) / name).read_bytes() for name in (graph, weights)}
+    (folder / INT8_MANIFEST).unlink(missing_ok=True)  # from here until the new one, the finder runs fp32
+    for name, content in made.items():
+        artifact.atomic_write(folder / name, content)
+    files = {name: hashlib.sha256(content).hexdigest() for name, content in made.items()}
     manifest = {"files": files, "made_from": {name: SHA256[name] for name in INT8_FILES}, "calibration": {
         "photos": source, "count": len(photos), "enlarged": ENLARGE,
         "inputs": {name: len(inputs[name]) for name in INT8_FILES}},

@@ -26,6 +26,7 @@ from signs_resnet import artifact
 from signs_resnet.data import datasets, preprocess
 from signs_resnet.data.preprocess import to_input
 from signs_resnet.extras import MissingExtra
+from signs_resnet.hands.detector import use_int8
 from signs_resnet.model import ResNet50, training_layout
 from signs_resnet.model_file import save_model
 from signs_resnet.training import distributed
@@ -181,6 +182,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     Under torchrun every process calls fit(); rank 0 alone writes files and returns the full summary.
     """
     check_config(config)
+    use_int8(False)  # the training photos' cut-outs by the fp32 hand models: the same on every CPU
     context = distributed.Context.from_environment()
     device = distributed.start(context)
     try:
