@@ -81,14 +81,15 @@ def test_a_changed_int8_model_is_refused_and_the_finder_runs_in_fp32(int8_home, 
     home = _home_with_fp32_models(tmp_path / "home", signs_home)
     shutil.copytree(int8_home / CACHE_PART / INT8_PART, home / CACHE_PART / INT8_PART)
     monkeypatch.setenv("SIGNS_HOME", str(home))
-    assert model_files.int8_paths() == {LANDMARK_FILE: home / CACHE_PART / INT8_PART / "landmark.xml"}
+    graph, weights = model_files.int8_models()[LANDMARK_FILE]
+    assert weights == (home / CACHE_PART / INT8_PART / "landmark.bin").read_bytes() and b"<net" in graph
 
     weights = home / CACHE_PART / INT8_PART / "landmark.bin"
     content = bytearray(weights.read_bytes())
     content[len(content) // 2] ^= 0xFF
     weights.write_bytes(bytes(content))
     with pytest.raises(model_files.HandModelError, match="landmark.bin: missing or not the file its manifest names"):
-        model_files.int8_paths()
+        model_files.int8_models()
     with caplog.at_level(logging.WARNING, logger="signs_resnet.hands.detector"):
         finder = detector.HandFinder()
     assert finder.int8 == ()
@@ -96,7 +97,7 @@ def test_a_changed_int8_model_is_refused_and_the_finder_runs_in_fp32(int8_home, 
 
     (home / CACHE_PART / INT8_PART / INT8_MANIFEST).write_text("{not json")
     with pytest.raises(model_files.HandModelError, match="int8.json: unreadable"):
-        model_files.int8_paths()
+        model_files.int8_models()
 
 
 def test_an_int8_model_openvino_cannot_load_leaves_the_finder_in_fp32(int8_home, signs_home, tmp_path, monkeypatch,
@@ -110,7 +111,7 @@ def test_an_int8_model_openvino_cannot_load_leaves_the_finder_in_fp32(int8_home,
     manifest["files"]["landmark.xml"] = hashlib.sha256((folder / "landmark.xml").read_bytes()).hexdigest()
     (folder / INT8_MANIFEST).write_text(json.dumps(manifest))
     monkeypatch.setenv("SIGNS_HOME", str(home))
-    assert model_files.int8_paths() is not None  # it checks out
+    assert model_files.int8_models() is not None  # it checks out
     with caplog.at_level(logging.WARNING, logger="signs_resnet.hands.detector"):
         finder = detector.HandFinder()
     assert finder.int8 == () and "cannot load the int8 hand models" in caplog.text

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from signs_resnet.hands.geometry import Hand
-from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, HandModelError, int8_paths, model_paths
+from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, HandModelError, int8_models, model_paths
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,24 @@ class HandFinder:
         core = ov.Core()
         fp32 = model_paths()
         try:
-            quantized = (int8_paths() if int8 else None) or {}
+            quantized = (int8_models() if int8 else None) or {}
         except HandModelError as error:  # a broken int8 model costs speed, never answers: fp32 it is
             log.warning("%s; the hand models run in fp32", error)
             quantized = {}
+
+        def read(name: str):  # an int8 model from the bytes its manifest checked, an fp32 one from its file
+            if name not in quantized:
+                return core.read_model(str(fp32[name]))
+            graph, weights = quantized[name]
+            return core.read_model(graph, ov.Tensor(np.frombuffer(weights, np.uint8)))  # the Tensor copies them
 
         def compiled(model, streams: int, threads: int):
             config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads}
             return core.compile_model(model, "CPU", config)
 
         while True:
-            paths = fp32 | quantized
             try:
-                palm, landmarks = (core.read_model(str(paths[name])) for name in (PALM_FILE, LANDMARK_FILE))
+                palm, landmarks = (read(name) for name in (PALM_FILE, LANDMARK_FILE))
                 for model, names in ((palm, (BOXES, SCORES)), (landmarks, (POINTS, PRESENCE, WORLD))):
                     for name in names:  # the outputs read by name: there, or the models are not MediaPipe's
                         model.output(name)

@@ -69,10 +69,11 @@ def int8_folder() -> Path:
     return user_cache.folder(CACHE_PART) / INT8_PART
 
 
-def int8_paths() -> dict[str, Path] | None:
-    """The int8 models' graphs (.xml, their .bin beside them) by the fp32 model's name (INT8_FILES), verified
-    against their manifest; None when none were made. Raises HandModelError when the manifest or a file does not
-    check out (changed, cut short, or made from other models)."""
+def int8_models() -> dict[str, tuple[bytes, bytes]] | None:
+    """The int8 models by the fp32 model's name (INT8_FILES): each its graph's and its weights' bytes, those
+    that were checked against the manifest (what the finder hands OpenVINO: never the files read again); None
+    when none were made. Raises HandModelError when the manifest or a file does not check out (changed, cut
+    short, or made from other models)."""
     folder = int8_folder()
     manifest_path = folder / INT8_MANIFEST
     if not manifest_path.is_file():
@@ -86,11 +87,13 @@ def int8_paths() -> dict[str, Path] | None:
         raise HandModelError(f"{manifest_path}: unreadable ({error}); {QUANTIZE}") from None
     if made_from != {name: SHA256[name] for name in INT8_FILES}:
         raise HandModelError(f"{folder}: the int8 models were made from other hand models; {QUANTIZE}")
+    contents = {}
     for name in (name for pair in INT8_FILES.values() for name in pair):
         path = folder / name
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != files.get(name):
+        contents[name] = path.read_bytes() if path.is_file() else b""
+        if hashlib.sha256(contents[name]).hexdigest() != files.get(name):
             raise HandModelError(f"{path}: missing or not the file its manifest names; {QUANTIZE}")
-    return {model: folder / graph for model, (graph, _) in INT8_FILES.items()}
+    return {model: (contents[graph], contents[weights]) for model, (graph, weights) in INT8_FILES.items()}
 
 
 def _extract(wheel: Path, folder: Path) -> None:

@@ -1,6 +1,6 @@
 """The landmark model in int8: OpenVINO's post-training quantization (NNCF), calibrated on SIGNS training photos
 only, never on `real/`. `signs quantize-hand-models` runs it (`make run` does); the finder uses the result once
-it is there and checks out (model_files.int8_paths). The palm detector stays fp32: in int8 it read SIGNS' own
+it is there and checks out (model_files.int8_models). The palm detector stays fp32: in int8 it read SIGNS' own
 photos worse. Figures: docs/robustness.md, "Levers measured"."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 from signs_resnet import artifact
 from signs_resnet.extras import require
 from signs_resnet.hands.model_files import (INT8_FILES, INT8_MANIFEST, LANDMARK_FILE, PALM_FILE, SHA256,
-                                            HandModelError, int8_folder, int8_paths, model_paths)
+                                            HandModelError, int8_folder, int8_models, model_paths)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def already_made() -> bool:
     """Whether the int8 models are there and check out against their manifest; why not, logged, when they are
     there but do not."""
     try:
-        return int8_paths() is not None
+        return int8_models() is not None
     except HandModelError as error:
         log.warning("%s", error)
         return False
