@@ -181,7 +181,8 @@ def _export(args: argparse.Namespace) -> int:
 def _fetch_hand_models(args: argparse.Namespace) -> int:
     from signs_resnet.hands.model_files import fetch_hand_models
 
-    print("".join(f"{path}: MediaPipe's, SHA-256 checked\n" for path in fetch_hand_models()), end="")
+    for path in fetch_hand_models():
+        print(f"{path}: MediaPipe's, SHA-256 checked")
     return 0
 
 

@@ -34,6 +34,7 @@ CACHE_PART = "hand-models"  # their folder in the user cache folder (user_cache.
 # read SIGNS' own photos worse (docs/robustness.md, "Levers measured").
 INT8_PART, INT8_MANIFEST = "int8", "int8.json"
 INT8_FILES = {LANDMARK_FILE: ("landmark.xml", "landmark.bin")}
+INT8_MADE_FROM = {name: SHA256[name] for name in INT8_FILES}  # the manifest's "made_from"
 QUANTIZE = "run `signs quantize-hand-models --force`"
 
 
@@ -85,7 +86,7 @@ def int8_models() -> dict[str, tuple[bytes, bytes]] | None:
             raise TypeError("its files are not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise HandModelError(f"{manifest_path}: unreadable ({error}); {QUANTIZE}") from None
-    if made_from != {name: SHA256[name] for name in INT8_FILES}:
+    if made_from != INT8_MADE_FROM:
         raise HandModelError(f"{folder}: the int8 models were made from other hand models; {QUANTIZE}")
     contents = {}
     for name in (name for pair in INT8_FILES.values() for name in pair):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from signs_resnet import artifact
 from signs_resnet.extras import require
-from signs_resnet.hands.model_files import (INT8_FILES, INT8_MANIFEST, LANDMARK_FILE, PALM_FILE, SHA256,
+from signs_resnet.hands.model_files import (INT8_FILES, INT8_MADE_FROM, INT8_MANIFEST, LANDMARK_FILE, PALM_FILE,
                                             HandModelError, int8_folder, int8_models, model_paths)
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def quantize_hand_models(photos: np.ndarray, source: str) -> dict:
     for name, content in made.items():
         artifact.atomic_write(folder / name, content)
     files = {name: hashlib.sha256(content).hexdigest() for name, content in made.items()}
-    manifest = {"files": files, "made_from": {name: SHA256[name] for name in INT8_FILES}, "calibration": {
+    manifest = {"files": files, "made_from": INT8_MADE_FROM, "calibration": {
         "photos": source, "count": len(photos), "enlarged": ENLARGE,
         "inputs": {name: len(inputs[name]) for name in INT8_FILES}},
         "kept_float": {name: list(KEEP_FLOAT[name]) for name in INT8_FILES},
