@@ -122,12 +122,13 @@ def test_training_never_runs_the_int8_model(int8_home, monkeypatch):
     """A seed trains the same model on every CPU: the process's finder in a training is the fp32 one."""
     monkeypatch.setenv("SIGNS_HOME", str(int8_home))
     detector._finder.cache_clear()  # a finder built before, from another SIGNS_HOME
+    before = detector.use_int8(True)
     try:
         assert detector.finder().int8 == (LANDMARK_FILE,)
-        detector.use_int8(False)
+        assert detector.use_int8(False) is True
         assert detector.finder().int8 == ()
     finally:
-        detector.use_int8(True)
+        detector.use_int8(before)
         detector._finder.cache_clear()
 
 

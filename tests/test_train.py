@@ -9,6 +9,7 @@ import torch
 
 from signs_resnet import load_model
 from signs_resnet.data import datasets, preprocess
+from signs_resnet.hands import detector
 from signs_resnet.inference.forward import predict
 from signs_resnet.training import synthetic, train
 from signs_resnet.training.config import TrainConfig, check_config
@@ -31,6 +32,7 @@ def test_training_learns(trained):
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
     assert history[-1]["train_accuracy"] > 0.6  # chance is 1/6
     assert summary["test"]["n"] == 48
+    assert detector.use_int8(True) is True  # fp32 while it trained, the process's setting given back
 
 
 @pytest.mark.slow

@@ -302,11 +302,13 @@ def finder() -> HandFinder:
         return _finder(_int8_allowed)
 
 
-def use_int8(allowed: bool) -> None:
+def use_int8(allowed: bool) -> bool:
     """Whether the process's finder, from its next use, may run the int8 models that are there; training says
-    no, so that a seed trains the same model on every CPU whatever the cache folder holds."""
+    no while it trains, so that a seed trains the same model on every CPU whatever the cache folder holds.
+    Returns the setting it replaces."""
     global _int8_allowed
-    _int8_allowed = allowed
+    before, _int8_allowed = _int8_allowed, allowed
+    return before
 
 
 def search_threads() -> int:

@@ -182,13 +182,14 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     Under torchrun every process calls fit(); rank 0 alone writes files and returns the full summary.
     """
     check_config(config)
-    use_int8(False)  # the training photos' cut-outs by the fp32 hand models: the same on every CPU
+    int8_before = use_int8(False)  # the training photos' cut-outs by the fp32 hand models: the same on every CPU
     context = distributed.Context.from_environment()
     device = distributed.start(context)
     try:
         return _fit(config, context, device)
     finally:
         distributed.stop(context)
+        use_int8(int8_before)  # a process that trains and then predicts answers as the product does
 
 
 def _fit(config: TrainConfig, context: distributed.Context, device: torch.device) -> dict[str, Any]:
