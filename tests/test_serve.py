@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -425,6 +427,12 @@ def test_decoding_threads_are_two_per_core_unless_set():
     from signs_resnet.serving.runtime import Runtime
 
     assert search_threads() >= 2
+    # A process held to one core (a container's cpuset, taskset) starts two, whatever the machine has.
+    one_core = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+                "from signs_resnet.hands.detector import search_threads, usable_cores; "
+                "print(usable_cores(), search_threads())")
+    assert subprocess.run([sys.executable, "-c", one_core], capture_output=True, text=True,
+                          check=True).stdout.split() == ["1", "2"]
     for settings, threads in ((ServeSettings.from_env({}), search_threads()),
                               (ServeSettings.from_env({"SIGNS_DECODE_THREADS": "3"}), 3)):
         runtime = Runtime(settings)

@@ -61,7 +61,7 @@ class HandFinder:
     def __init__(self, int8: bool = True) -> None:
         import openvino as ov  # the server's engine already loads it; here only when a hand is looked for
 
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         # (streams, threads) for each way; on one core both ways are the same, so only "together" is compiled.
         ways = {"together": (cores, cores), "alone": (1, cores)} if cores > 1 else {"together": (1, 1)}
         core = ov.Core()
@@ -311,11 +311,19 @@ def use_int8(allowed: bool) -> bool:
     return before
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or `taskset`'s cpuset), not the
+    machine's count, which would start threads for cores it cannot use."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def search_threads() -> int:
     """How many threads should look for hands at once to keep every core busy: two per core, at most 16. While
     one thread's search runs the models, another decodes and cuts out in Python and PIL; with one per core the
     cores idled a fifth of the time under load (docs/performance.md, "Finding the hand")."""
-    return min(16, 2 * (os.cpu_count() or 1))
+    return min(16, 2 * usable_cores())
 
 
 def find_hand(image: Image.Image, previous: np.ndarray | None = None) -> Hand | None:

@@ -3,7 +3,6 @@ out), and 5s with the thumb painted out (a 4 as people show it)."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ import torch
 from PIL import Image, ImageChops, ImageFilter
 
 from signs_resnet.data.preprocess import frame, to_input
-from signs_resnet.hands.detector import find_hand
+from signs_resnet.hands.detector import find_hand, usable_cores
 from signs_resnet.training import synthetic
 from signs_resnet.training.augment import gaussian_blur
 
@@ -33,7 +32,7 @@ def cut_out_photos(images: torch.Tensor, factor: int = 4) -> tuple[torch.Tensor,
         pixels, framing = frame(photo.resize((size * factor, size * factor), Image.Resampling.BICUBIC), size)
         return (pixels, True) if framing.crop is not None else (np.asarray(photo), False)
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:
         done = list(pool.map(cut, images.cpu()))
     cut_outs = torch.from_numpy(np.stack([pixels for pixels, _ in done])).permute(0, 3, 1, 2).contiguous()
     return cut_outs, sum(found for _, found in done)
