@@ -72,12 +72,14 @@ def main() -> None:
             for _ in range(args.images // batch):
                 request.infer([inputs])
             times[name, batch].append((time.perf_counter() - started) / args.images * 1000)
-    print(f"{cpu_name()}; one thread; median of {args.rounds} rounds of {args.images} images; OpenVINO {ov.__version__}")
+    print(f"{cpu_name()}; one thread; median of {args.rounds} rounds of {args.images} images; "
+          f"OpenVINO {ov.__version__}")
     print("| model | " + " | ".join(f"batch {batch}: ms an image" for batch in BATCHES) + " | batch 4 / batch 1 |")
     print("| :--- |" + " ---: |" * (len(BATCHES) + 1))
     for name in dict.fromkeys(name for name, _ in requests):
         medians = [statistics.median(times[name, batch]) for batch in BATCHES]
-        print(f"| {name} | " + " | ".join(f"{value:.2f}" for value in medians) + f" | {medians[-1] / medians[0]:.2f}× |")
+        cells = " | ".join(f"{value:.2f}" for value in medians)
+        print(f"| {name} | {cells} | {medians[-1] / medians[0]:.2f}× |")
 
 
 if __name__ == "__main__":
