@@ -86,10 +86,11 @@ class Framing:
 
 def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], size: int) -> Image.Image:
     """The box of the photo with everything but the hand (Hand.silhouette) painted BACKGROUND, past the
-    photo's edges too. A box many times larger than `size` is cut from the photo reduced by a whole factor
-    first (to 4-8 times `size`, plenty for the resize to `size`): a close-up in a huge photo never builds a
-    huge canvas, and a phone photo's silhouette is drawn and blurred at a few hundred pixels, not thousands."""
-    factor = (box[2] - box[0]) // (4 * size)
+    photo's edges too. A box four or more times larger than `size` is cut from the photo reduced by a whole
+    factor first (to 2-4 times `size`, plenty for the resize to `size`): a close-up in a huge photo never builds a
+    huge canvas, and a silhouette is drawn and blurred at a hundred or two pixels, not thousands; a 640x480
+    camera's frames are answered a fifth sooner for it (docs/performance.md, "Finding the hand")."""
+    factor = (box[2] - box[0]) // (2 * size)
     if factor >= 2:
         image, hand = image.reduce(factor), Hand(hand.points / factor, hand.score, hand.world)
         box = tuple(round(v / factor) for v in box)
