@@ -19,6 +19,8 @@ from conftest import SHARED
 from signs_resnet import cli
 from signs_resnet.hands import detector, model_files
 from signs_resnet.hands.model_files import CACHE_PART, INT8_MANIFEST, INT8_PART, LANDMARK_FILE, SHA256
+from signs_resnet.training import train
+from signs_resnet.training.config import TrainConfig
 
 pytest.importorskip("nncf")  # the [quantize] extra
 
@@ -118,15 +120,24 @@ def test_an_int8_model_openvino_cannot_load_leaves_the_finder_in_fp32(int8_home,
     assert finder.find(Image.new("RGB", (256, 256))) is None  # and it searches
 
 
-def test_training_never_runs_the_int8_model(int8_home, monkeypatch):
-    """A seed trains the same model on every CPU: the process's finder in a training is the fp32 one."""
+def test_training_never_runs_the_int8_model(int8_home, tmp_path, monkeypatch):
+    """A seed trains the same model on every CPU: the process's finder in a training is the fp32 one, and the
+    process's setting comes back when the training ends, however it ends."""
     monkeypatch.setenv("SIGNS_HOME", str(int8_home))
     detector._finder.cache_clear()  # a finder built before, from another SIGNS_HOME
+    seen = []
+
+    def training(config, context, device):  # what the finder is while fit() trains, then a failed training
+        seen.append(detector.finder().int8)
+        raise RuntimeError("stopped here")
+
+    monkeypatch.setattr(train, "_fit", training)
     before = detector.use_int8(True)
     try:
         assert detector.finder().int8 == (LANDMARK_FILE,)
-        assert detector.use_int8(False) is True
-        assert detector.finder().int8 == ()
+        with pytest.raises(RuntimeError, match="stopped here"):
+            train.fit(TrainConfig(out=str(tmp_path / "run")))
+        assert seen == [()] and detector.finder().int8 == (LANDMARK_FILE,)
     finally:
         detector.use_int8(before)
         detector._finder.cache_clear()

@@ -183,12 +183,14 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     """
     check_config(config)
     int8_before = use_int8(False)  # the training photos' cut-outs by the fp32 hand models: the same on every CPU
-    context = distributed.Context.from_environment()
-    device = distributed.start(context)
     try:
-        return _fit(config, context, device)
+        context = distributed.Context.from_environment()
+        device = distributed.start(context)
+        try:
+            return _fit(config, context, device)
+        finally:
+            distributed.stop(context)
     finally:
-        distributed.stop(context)
         use_int8(int8_before)  # a process that trains and then predicts answers as the product does
 
 
