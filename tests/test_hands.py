@@ -400,7 +400,7 @@ def test_a_search_alone_takes_every_core_and_overlapping_searches_one_each(monke
     finder = detector.finder()
     if "alone" not in finder._compiled:
         pytest.skip("one core: both ways are the same")
-    cores = os.cpu_count()
+    cores = detector.usable_cores()
     for way, (streams, threads) in {"alone": (1, cores), "together": (cores, cores)}.items():
         for model in finder._compiled[way]:
             assert (model.get_property("NUM_STREAMS"), model.get_property("INFERENCE_NUM_THREADS")) == (streams, threads)

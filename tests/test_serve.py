@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, start_server
+from conftest import SHARED, command_environment, start_server
 from PIL import Image
 
 from signs_resnet import answer
@@ -428,11 +428,13 @@ def test_decoding_threads_are_two_per_core_unless_set():
 
     assert search_threads() >= 2
     # A process held to one core (a container's cpuset, taskset) starts two, whatever the machine has.
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
     one_core = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
                 "from signs_resnet.hands.detector import search_threads, usable_cores; "
                 "print(usable_cores(), search_threads())")
-    assert subprocess.run([sys.executable, "-c", one_core], capture_output=True, text=True,
-                          check=True).stdout.split() == ["1", "2"]
+    assert subprocess.run([sys.executable, "-c", one_core], capture_output=True, text=True, check=True,
+                          env=command_environment()).stdout.split() == ["1", "2"]
     for settings, threads in ((ServeSettings.from_env({}), search_threads()),
                               (ServeSettings.from_env({"SIGNS_DECODE_THREADS": "3"}), 3)):
         runtime = Runtime(settings)
