@@ -27,7 +27,7 @@ def test_every_model_is_timed_at_every_batch(signs_home):
     for row in rows:
         times = [float(cell) for cell in row[1:4]]
         assert all(0 < time < 5000 for time in times), row
-        assert row[4].strip() == f"{times[2] / times[0]:.2f}×"
+        assert abs(float(row[4].strip().rstrip("×")) - times[2] / times[0]) <= 0.011  # from unrounded medians
 
 
 def test_bad_settings_are_one_line():
