@@ -88,12 +88,13 @@ def _cut_out(image: Image.Image, hand: Hand, box: tuple[int, int, int, int], siz
     """The box of the photo with everything but the hand (Hand.silhouette) painted BACKGROUND, past the
     photo's edges too. A box four or more times larger than `size` is cut from the photo reduced by a whole
     factor first (to 2-4 times `size`, plenty for the resize to `size`): a close-up in a huge photo never builds a
-    huge canvas, and a silhouette is drawn and blurred at a hundred or two pixels, not thousands; a 640x480
-    camera's frames are answered a fifth sooner for it (docs/performance.md, "Finding the hand")."""
+    huge canvas, and a silhouette is drawn and blurred at a hundred or two pixels, not thousands
+    (docs/performance.md, "Finding the hand")."""
     factor = (box[2] - box[0]) // (2 * size)
     if factor >= 2:
         image, hand = image.reduce(factor), Hand(hand.points / factor, hand.score, hand.world)
-        box = tuple(round(v / factor) for v in box)
+        left, top = round(box[0] / factor), round(box[1] / factor)
+        box = (left, top, left + round((box[2] - box[0]) / factor), top + round((box[3] - box[1]) / factor))
     left, top, right, bottom = box
     canvas = Image.new("RGB", (right - left, bottom - top), BACKGROUND)
     inside = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
