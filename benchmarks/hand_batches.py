@@ -25,21 +25,20 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from predict_files import cpu_name  # noqa: E402
 
-from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, int8_models, model_paths  # noqa: E402
+from signs_resnet.hands.detector import compile_options, read_model
+from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, int8_models, model_paths
 
 BATCHES = (1, 2, 4)
 
 
 def models(core) -> dict[str, object]:
-    import openvino as ov
-
+    """The models as the finder reads them: both in fp32, and the landmark model in int8 where it is made."""
     fp32 = model_paths()
-    found = {"palm detector, fp32": core.read_model(str(fp32[PALM_FILE])),
-             "landmark model, fp32": core.read_model(str(fp32[LANDMARK_FILE]))}
+    found = {"palm detector, fp32": read_model(core, fp32[PALM_FILE]),
+             "landmark model, fp32": read_model(core, fp32[LANDMARK_FILE])}
     quantized = int8_models() or {}
     if LANDMARK_FILE in quantized:
-        graph, weights = quantized[LANDMARK_FILE]
-        found["landmark model, int8"] = core.read_model(graph, ov.Tensor(np.frombuffer(weights, np.uint8)))
+        found["landmark model, int8"] = read_model(core, fp32[LANDMARK_FILE], quantized[LANDMARK_FILE])
     return found
 
 
@@ -59,8 +58,7 @@ def main() -> None:
         for batch in BATCHES:
             reshaped = model.clone()
             reshaped.reshape([batch, *shape[1:]])
-            compiled = core.compile_model(reshaped, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1,
-                                                            "INFERENCE_NUM_THREADS": 1})
+            compiled = core.compile_model(reshaped, "CPU", compile_options(streams=1, threads=1))
             inputs = np.random.default_rng(0).random((batch, *shape[1:]), dtype=np.float32)
             requests[name, batch] = compiled.create_infer_request(), inputs
     for request, inputs in requests.values():  # warm-up

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -72,19 +73,13 @@ class HandFinder:
             log.warning("%s; the hand models run in fp32", error)
             quantized = {}
 
-        def read(name: str):  # an int8 model from the bytes its manifest checked, an fp32 one from its file
-            if name not in quantized:
-                return core.read_model(str(fp32[name]))
-            graph, weights = quantized[name]
-            return core.read_model(graph, ov.Tensor(np.frombuffer(weights, np.uint8)))  # the Tensor copies them
-
         def compiled(model, streams: int, threads: int):
-            config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads}
-            return core.compile_model(model, "CPU", config)
+            return core.compile_model(model, "CPU", compile_options(streams, threads))
 
         while True:
             try:
-                palm, landmarks = (read(name) for name in (PALM_FILE, LANDMARK_FILE))
+                palm, landmarks = (read_model(core, fp32[name], quantized.get(name))
+                                   for name in (PALM_FILE, LANDMARK_FILE))
                 for model, names in ((palm, (BOXES, SCORES)), (landmarks, (POINTS, PRESENCE, WORLD))):
                     for name in names:  # the outputs read by name: there, or the models are not MediaPipe's
                         model.output(name)
@@ -229,6 +224,23 @@ class HandFinder:
             return None
         centre = (box[:2] + box[2:]) / 2 + up * PALM_TO_HAND_SHIFT * palm_side
         return centre, PALM_TO_HAND_SCALE * palm_side, _upright_angle(up), float(scores[best])
+
+
+def read_model(core, fp32: Path, int8: tuple[bytes, bytes] | None = None):
+    """A hand model for OpenVINO `core`: the int8 one from the bytes its manifest checked (graph, weights;
+    model_files.int8_models) when given, else the fp32 one from its file."""
+    if int8 is None:
+        return core.read_model(str(fp32))
+    import openvino as ov
+
+    graph, weights = int8
+    return core.read_model(graph, ov.Tensor(np.frombuffer(weights, np.uint8)))  # the Tensor copies them
+
+
+def compile_options(streams: int, threads: int) -> dict:
+    """OpenVINO's CPU settings for a hand model: fp32 arithmetic where it is not int8 (never bf16, so the same
+    answers on every CPU), `streams` streams of `threads` threads in all."""
+    return {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads}
 
 
 class _Recording:
