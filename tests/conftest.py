@@ -39,6 +39,20 @@ def signs_home(tmp_path_factory) -> Path:
         yield home
 
 
+def home_with_hand_models(home: Path, signs_home: Path) -> Path:
+    """A new SIGNS_HOME at `home` holding the run's fp32 hand models (signs_home's) alone, linked; the test is
+    skipped where they are not installed."""
+    from signs_resnet.hands.model_files import CACHE_PART, SHA256
+
+    (home / CACHE_PART).mkdir(parents=True)
+    for name in SHA256:
+        installed = signs_home / CACHE_PART / name
+        if not installed.exists():
+            pytest.skip("the hand models are not installed (`signs fetch-hand-models`)")
+        (home / CACHE_PART / name).symlink_to(installed.resolve())
+    return home
+
+
 def command_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a command a test starts: none of the caller's SIGNS_ settings but the run's SIGNS_HOME
     (signs_home), then `env`."""

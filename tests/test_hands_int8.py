@@ -8,13 +8,11 @@ import json
 import logging
 import shutil
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, home_with_hand_models
 from PIL import Image
-
-from conftest import SHARED
 
 from signs_resnet import cli
 from signs_resnet.hands import detector, model_files
@@ -27,21 +25,11 @@ pytest.importorskip("nncf")  # the [quantize] extra
 CALIBRATION_PHOTOS = 24  # a slice of the 1080: the same path, in seconds
 
 
-def _home_with_fp32_models(home: Path, signs_home: Path) -> Path:
-    (home / CACHE_PART).mkdir(parents=True)
-    for name in SHA256:
-        installed = signs_home / CACHE_PART / name
-        if not installed.exists():
-            pytest.skip("the hand models are not installed (`signs fetch-hand-models`)")
-        (home / CACHE_PART / name).symlink_to(installed.resolve())
-    return home
-
-
 @pytest.fixture(scope="module")
 def int8_home(tmp_path_factory, signs_home):
     """A SIGNS_HOME with the fp32 hand models and the int8 landmark model made by the command from the first
     CALIBRATION_PHOTOS SIGNS training photos."""
-    home = _home_with_fp32_models(tmp_path_factory.mktemp("int8-home"), signs_home)
+    home = home_with_hand_models(tmp_path_factory.mktemp("int8-home"), signs_home)
     if not (SHARED / "signs").is_dir():
         pytest.skip("no SIGNS data to calibrate on")
     with pytest.MonkeyPatch.context() as patch:
@@ -80,7 +68,7 @@ def test_the_int8_landmark_model_runs_and_reads_the_hand_as_the_fp32_one_does(in
 
 def test_a_changed_int8_model_is_refused_and_the_finder_runs_in_fp32(int8_home, signs_home, tmp_path, monkeypatch,
                                                                      caplog):
-    home = _home_with_fp32_models(tmp_path / "home", signs_home)
+    home = home_with_hand_models(tmp_path / "home", signs_home)
     shutil.copytree(int8_home / CACHE_PART / INT8_PART, home / CACHE_PART / INT8_PART)
     monkeypatch.setenv("SIGNS_HOME", str(home))
     graph, weights = model_files.int8_models()[LANDMARK_FILE]
@@ -105,7 +93,7 @@ def test_a_changed_int8_model_is_refused_and_the_finder_runs_in_fp32(int8_home, 
 def test_an_int8_model_openvino_cannot_load_leaves_the_finder_in_fp32(int8_home, signs_home, tmp_path, monkeypatch,
                                                                       caplog):
     """Files that match their manifest but are no model (another OpenVINO's, say): fp32, and a warning."""
-    home = _home_with_fp32_models(tmp_path / "home", signs_home)
+    home = home_with_hand_models(tmp_path / "home", signs_home)
     folder = home / CACHE_PART / INT8_PART
     shutil.copytree(int8_home / CACHE_PART / INT8_PART, folder)
     (folder / "landmark.xml").write_text("<net name='not a model'/>")

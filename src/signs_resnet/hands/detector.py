@@ -4,6 +4,7 @@ the landmark model then places the hand's 21 points (docs/robustness.md, "Findin
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -15,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from signs_resnet.hands import compiled_cache
 from signs_resnet.hands.geometry import Hand
-from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, HandModelError, int8_models, model_paths
+from signs_resnet.hands.model_files import LANDMARK_FILE, PALM_FILE, SHA256, HandModelError, int8_models, model_paths
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,6 @@ class HandFinder:
             log.warning("%s; the hand models run in fp32", error)
             quantized = {}
 
-        def compiled(model, streams: int, threads: int):
-            return core.compile_model(model, "CPU", compile_options(streams, threads))
-
         while True:
             try:
                 palm, landmarks = (read_model(core, fp32[name], quantized.get(name))
@@ -83,7 +82,12 @@ class HandFinder:
                 for model, names in ((palm, (BOXES, SCORES)), (landmarks, (POINTS, PRESENCE, WORLD))):
                     for name in names:  # the outputs read by name: there, or the models are not MediaPipe's
                         model.output(name)
-                self._compiled = {way: (compiled(palm, *config), compiled(landmarks, *config))
+                # Each compiled once per CPU and OpenVINO, then imported from the cache folder (compiled_cache).
+                sources = {name: hashlib.sha256(b"".join(quantized[name])).hexdigest() if name in quantized
+                           else SHA256[name] for name in (PALM_FILE, LANDMARK_FILE)}
+                self._compiled = {way: tuple(compiled_cache.compile_model(core, model, sources[name],
+                                                                          compile_options(*config))
+                                             for model, name in ((palm, PALM_FILE), (landmarks, LANDMARK_FILE)))
                                   for way, config in ways.items()}
                 break
             except RuntimeError as error:
