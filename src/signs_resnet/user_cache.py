@@ -1,5 +1,6 @@
-"""The user cache folder: files the project keeps between runs and can always make again (the hand models,
-OpenVINO's conversions of models), in $SIGNS_HOME when it is set, else the platform's user cache folder."""
+"""The user cache folder: files the project keeps between runs and can always make again (the hand models, as
+fetched, in int8 and as compiled; OpenVINO's conversions of models), in $SIGNS_HOME when it is set, else the
+platform's user cache folder."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """The hand models as OpenVINO compiled them, kept in the user cache folder so that a process starts without
-compiling them again: compiling the finder's four (two models, two ways) takes 1.3–1.9 s on two AVX2 cores,
-importing them 0.4–0.5 s (docs/performance.md, "Start-up").
+compiling them again: compiling the finder's four (two models, two ways) took 1.3–1.9 s on two AVX2 cores, importing
+them 0.4–0.5 s (docs/performance.md, "Start-up").
 
 An entry is one file, hand-models/compiled/<digest>.blob: a line of JSON (what it was compiled from: the model's
 SHA-256, the settings, OpenVINO's version, the CPU; and the SHA-256 of the rest), then the compiled model as
-OpenVINO exports it. It is written to a temporary file beside its place and renamed into it, and checked whole
-before it is imported: a missing, damaged or foreign entry is compiled again and replaced, and a folder that cannot
-be written is logged, never an error. Nothing in it is ever unpickled.
+OpenVINO exports it. It is written whole or not at all (artifact.atomic_write) and checked whole before it is
+imported: a missing, damaged or foreign entry is compiled again and replaced, and a folder that cannot be written is
+logged, never an error. Nothing in it is ever unpickled. OpenVINO's own cache (CACHE_DIR) would do the keeping, but
+it neither checks a file when it reads it nor writes it atomically.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import hashlib
 import io
 import json
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from signs_resnet import user_cache
+from signs_resnet.artifact import atomic_write
 from signs_resnet.hands.model_files import CACHE_PART
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def compile_model(core, model, source_sha256: str, options: dict[str, Any]):
         try:
             return core.import_model(io.BytesIO(blob), "CPU", options)
         except RuntimeError as error:  # OpenVINO refused a blob that checked out: compiled again below
-            log.warning("ignoring the compiled hand model %s (%s): compiling it again", path,
-                        str(error).strip().splitlines()[-1])  # OpenVINO's reason; the lines before say where
+            reason = " ".join(str(error).split())  # OpenVINO's lines, where it failed and why, as one
+            log.warning("ignoring the compiled hand model %s (%s): compiling it again", path, reason)
     compiled = core.compile_model(model, "CPU", options)
     _write(path, key, compiled)
     return compiled
@@ -53,14 +53,16 @@ def compile_model(core, model, source_sha256: str, options: dict[str, Any]):
 
 @functools.cache
 def _cpu() -> str:
-    """The CPU the blob is compiled for: its model and instruction sets (Linux's /proc/cpuinfo), which decide
-    the kernels OpenVINO picks; elsewhere what `platform` tells."""
+    """The CPU an entry was compiled on: its model and instruction sets (Linux's /proc/cpuinfo, x86's and Arm's
+    lines), which decide how OpenVINO's CPU plugin transforms the graph it exports; elsewhere what `platform`
+    tells. (OpenVINO also stamps the instruction set into the blob and refuses another's.)"""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        described = sorted({line for line in lines if line.startswith(("model name", "flags"))})
+        described = sorted({line for line in lines
+                            if line.startswith(("model name", "flags", "Features", "CPU implementer", "CPU part"))})
     except OSError:
-        described = [platform.machine(), platform.processor()]
-    return _digest("\n".join(described).encode())
+        described = []
+    return _digest("\n".join([platform.machine(), platform.processor(), *described]).encode())
 
 
 def _digest(data: bytes) -> str:
@@ -92,20 +94,11 @@ def _read(path: Path, key: dict[str, Any]) -> bytes | None:
 def _write(path: Path, key: dict[str, Any], compiled) -> None:
     """Write `compiled`'s entry at `path` whole or not at all; a failure is logged."""
     exported = io.BytesIO()
-    staging = None
     try:
         compiled.export_model(exported)
         blob = exported.getvalue()
         header = json.dumps({"key": key, "sha256": _digest(blob)}, sort_keys=True).encode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(handle, "wb") as out:
-            out.write(header + b"\n" + blob)
-        os.replace(staging, path)  # a reader sees the old entry or the new one, never part of one
-        staging = None
+        atomic_write(path, header + b"\n" + blob)
     except (OSError, RuntimeError) as error:  # RuntimeError: OpenVINO could not export it
         log.warning("cannot keep the compiled hand model in %s (%s): the next start compiles it again",
                     path.parent, error)
-    finally:
-        if staging:
-            Path(staging).unlink(missing_ok=True)

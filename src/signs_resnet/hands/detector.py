@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -83,8 +84,8 @@ class HandFinder:
                     for name in names:  # the outputs read by name: there, or the models are not MediaPipe's
                         model.output(name)
                 # Each compiled once per CPU and OpenVINO, then imported from the cache folder (compiled_cache).
-                sources = {name: hashlib.sha256(b"".join(quantized[name])).hexdigest() if name in quantized
-                           else SHA256[name] for name in (PALM_FILE, LANDMARK_FILE)}
+                sources = {name: _int8_sha256(*quantized[name]) if name in quantized else SHA256[name]
+                           for name in (PALM_FILE, LANDMARK_FILE)}
                 self._compiled = {way: tuple(compiled_cache.compile_model(core, model, sources[name],
                                                                           compile_options(*config))
                                              for model, name in ((palm, PALM_FILE), (landmarks, LANDMARK_FILE)))
@@ -239,6 +240,12 @@ def read_model(core, fp32: Path, int8: tuple[bytes, bytes] | None = None):
 
     graph, weights = int8
     return core.read_model(graph, ov.Tensor(np.frombuffer(weights, np.uint8)))  # the Tensor copies them
+
+
+def _int8_sha256(graph: bytes, weights: bytes) -> str:
+    """One SHA-256 for an int8 model's two files: that of their two SHA-256s."""
+    digests = [hashlib.sha256(part).hexdigest() for part in (graph, weights)]
+    return hashlib.sha256(json.dumps(digests).encode()).hexdigest()
 
 
 def compile_options(streams: int, threads: int) -> dict:
