@@ -96,6 +96,9 @@ def test_the_first_load_converts_and_writes_an_entry(first_load):
     assert manifest["key"]["checksum"] == first_load.model.checksum
     # nothing else in the cache folder: the temporary folder it was written in was renamed into place
     assert [p.name for p in first_load.entry.parent.iterdir()] == [first_load.entry.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert first_load.entry.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by whoever may read the cache
     # the conversion computes the model: fp32 to float precision, bf16 (a CPU with AMX or AVX512-BF16) to its own
     tolerance = 1e-4 if first_load.precision == "fp32" else 3e-2
     torch.testing.assert_close(first_load.probabilities, predict(first_load.model, first_load.images),
