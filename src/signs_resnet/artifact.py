@@ -23,6 +23,14 @@ FORMAT = "signs-resnet/1"
 _TENSOR = "__tensor__"
 
 
+def umasked(mode: int) -> int:
+    """`mode` as the process's umask leaves it: what an ordinary file or folder it creates gets (mkstemp and
+    mkdtemp make theirs private instead)."""
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return mode & ~umask
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write data to path so that a reader sees the old file or the new one, never a part."""
     path = Path(path)
@@ -33,9 +41,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a model is an ordinary file
+        os.chmod(tmp, umasked(0o666))  # mkstemp makes it private; a model is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from signs_resnet import user_cache
+from signs_resnet.artifact import umasked
 from signs_resnet.model_file import LoadedModel
 
 if TYPE_CHECKING:
@@ -80,9 +81,7 @@ def write(model: LoadedModel, network: openvino.Model) -> Path | None:
         hashes = {name: hashlib.sha256((staging / name).read_bytes()).hexdigest() for name in (XML, BIN)}
         # Last, so that a folder with a manifest has its files; no fsync: a file lost in a crash fails its hash.
         (staging / MANIFEST).write_text(json.dumps({"key": expected, "sha256": hashes}, indent=1) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; an entry is an ordinary folder
+        os.chmod(staging, umasked(0o777))  # mkdtemp makes it private; an entry is an ordinary folder
         _publish(staging, entry, expected)
     except (OSError, RuntimeError) as error:  # RuntimeError: OpenVINO could not write its files
         log.warning("cannot cache the OpenVINO conversion in %s (%s): the next start converts again",
